@@ -1,0 +1,342 @@
+"""Channel groups, masks, masked forward and physical removal.
+
+A *channel group* is one pruning decision: channels tied together by residual adds, depthwise convs or
+concatenation (found by Torch-Pruning's DependencyGraph). A `Mask` keeps a sorted set of channel indices per
+group. Two ways to apply it, which must agree exactly:
+- `ChannelMasker`: forward hooks that zero the pruned channels in place (no copy; fast search evaluation);
+- `prune_model`: a physically smaller, ordinary `nn.Module` (a deep copy pruned with Torch-Pruning).
+This module knows nothing of costs, graphs or agents.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from graphprune.errors import GraphpruneError
+
+# Modules whose output channels a hook can zero so that the result equals removing them. Normalisations that
+# mix channels (LayerNorm, GroupNorm) cannot: zeroing a channel changes their statistics, so a group holding
+# one is left unprunable (see `ChannelGroups.excluded`).
+MASKABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One module touched by a group: its output (`out`) or input (`in`) channels.
+
+    `channels[j]` lists the module's channel indices that belong to the group's root channel j (usually one
+    index; several where a flatten expands one channel into many features).
+    """
+
+    module: str
+    kind: str  # "out" | "in"
+    channels: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """A set of coupled channels pruned as one decision; indexed by the root layer's output channels."""
+
+    index: int
+    root: str  # name of the root module (its output channels index the group)
+    size: int
+    members: tuple[GroupMember, ...]
+
+    @property
+    def out_modules(self) -> tuple[str, ...]:
+        return tuple(m.module for m in self.members if m.kind == "out")
+
+    @property
+    def in_modules(self) -> tuple[str, ...]:
+        return tuple(m.module for m in self.members if m.kind == "in")
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Kept channel indices per group (sorted, never empty). Hashable; `key()` is a stable digest."""
+
+    sizes: tuple[int, ...]
+    kept: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self):
+        if len(self.sizes) != len(self.kept):
+            raise ValueError(f"mask has {len(self.kept)} groups but {len(self.sizes)} sizes")
+        for g, (size, kept) in enumerate(zip(self.sizes, self.kept, strict=True)):
+            if list(kept) != sorted(set(kept)) or (kept and (kept[0] < 0 or kept[-1] >= size)):
+                raise ValueError(f"group {g}: kept indices must be sorted, unique and in [0, {size})")
+
+    @classmethod
+    def full(cls, sizes: Sequence[int]) -> Mask:
+        return cls(tuple(sizes), tuple(tuple(range(s)) for s in sizes))
+
+    @classmethod
+    def from_keep_flags(cls, flags: Iterable[Sequence[bool] | torch.Tensor]) -> Mask:
+        """Build from one boolean keep vector per group."""
+        sizes, kept = [], []
+        for f in flags:
+            f = torch.as_tensor(f, dtype=torch.bool)
+            sizes.append(int(f.numel()))
+            kept.append(tuple(int(i) for i in torch.nonzero(f).flatten()))
+        return cls(tuple(sizes), tuple(kept))
+
+    def keep_flags(self, group: int) -> torch.Tensor:
+        """Boolean keep vector of one group, shape [size]."""
+        flags = torch.zeros(self.sizes[group], dtype=torch.bool)
+        flags[list(self.kept[group])] = True
+        return flags
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(len(k) for k in self.kept)
+
+    def pruned(self, group: int) -> list[int]:
+        kept = set(self.kept[group])
+        return [i for i in range(self.sizes[group]) if i not in kept]
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps([self.sizes, self.kept]).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {"sizes": list(self.sizes), "kept": [list(k) for k in self.kept]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Mask:
+        return cls(tuple(int(s) for s in data["sizes"]), tuple(tuple(int(i) for i in k) for k in data["kept"]))
+
+
+class ChannelGroups:
+    """The prunable channel groups of one model, found by tracing it once at `input_shape`.
+
+    The classifier (the last conv/linear layer run, whose outputs are the logits) is never pruned.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], min_channels: int = 1):
+        if min_channels < 1:
+            raise GraphpruneError(f"min_channels must be at least 1, got {min_channels}")
+        self.input_shape = tuple(input_shape)
+        self.min_channels = min_channels
+        graph = build_dependency_graph(model, self.input_shape)
+        classifier = _last_layer_run(model, self.input_shape)
+        module_names = {m: n for n, m in model.named_modules()}
+        self.groups: list[ChannelGroup] = []
+        self.excluded: list[tuple[str, str]] = []  # (root module, why it is not prunable)
+        for tp_group in graph.get_all_groups(ignored_layers=[classifier]):
+            root = module_names[tp_group[0].dep.target.module]
+            reason = _unmaskable_reason(tp_group, module_names)
+            if reason:
+                self.excluded.append((root, reason))
+                continue
+            members = _members(tp_group, module_names)
+            size = len(tp_group[0].idxs)
+            self.groups.append(ChannelGroup(len(self.groups), root, size, members))
+        self.classifier = module_names[classifier]
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(g.size for g in self.groups)
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        return tuple(g.root for g in self.groups)
+
+    def full_mask(self) -> Mask:
+        return Mask.full(self.sizes)
+
+    def check(self, mask: Mask) -> None:
+        """Raise GraphpruneError unless `mask` fits these groups and keeps `min_channels` in each."""
+        if mask.sizes != self.sizes:
+            raise GraphpruneError(
+                f"mask does not fit this model: group sizes {list(mask.sizes)} != {list(self.sizes)}"
+            )
+        for group, count in zip(self.groups, mask.counts, strict=True):
+            if count < min(self.min_channels, group.size):
+                raise GraphpruneError(
+                    f"mask keeps {count} channels of group {group.index} ({group.root}); "
+                    f"at least {self.min_channels} must stay"
+                )
+
+    def summary(self) -> dict:
+        return {
+            "groups": len(self.groups),
+            "channels": sum(self.sizes),
+            "sizes": list(self.sizes),
+            "roots": list(self.roots),
+            "excluded": [{"root": r, "reason": why} for r, why in self.excluded],
+            "classifier": self.classifier,
+        }
+
+
+def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
+    """Trace `model` with one example input; an untraceable model is a user error naming the failure."""
+    was_training = model.training
+    model.eval()
+    try:
+        example = torch.zeros(1, *input_shape, device=_device_of(model))
+        with torch.enable_grad():  # Torch-Pruning traces through autograd
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as exc:  # Torch-Pruning raises many types while tracing
+        raise GraphpruneError(
+            f"cannot trace {type(model).__name__} for channel dependencies "
+            f"({type(exc).__name__}: {exc}); see docs/PRUNING.md for models known not to trace"
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _last_layer_run(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+    """The last conv/linear executed in a forward pass: it produces the logits."""
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=_device_of(model)))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not order:
+        raise GraphpruneError(f"{type(model).__name__} has no conv or linear layer to prune")
+    return order[-1]
+
+
+def _unmaskable_reason(tp_group, module_names: dict) -> str | None:
+    for item in tp_group.items:
+        target = item.dep.target.module
+        if isinstance(target, nn.Parameter):
+            return "couples an unwrapped nn.Parameter (e.g. a layer scale)"
+        writes_channels = _is_out_handler(item.dep.handler) and target in module_names and _has_own_params(target)
+        if writes_channels and not isinstance(target, MASKABLE_TYPES):
+            return f"couples {type(target).__name__} ({module_names[target]}), which mixes channels"
+        if isinstance(target, nn.Conv2d | nn.Conv1d | nn.Conv3d) and 1 < target.groups < target.out_channels:
+            # Removing arbitrary channels would break the equal-width groups of a grouped (not depthwise) conv.
+            return f"couples grouped conv {module_names[target]} (groups={target.groups})"
+    return None
+
+
+def _is_out_handler(handler) -> bool:
+    return getattr(handler, "__name__", "") == "prune_out_channels"
+
+
+def _has_own_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def _members(tp_group, module_names: dict) -> tuple[GroupMember, ...]:
+    """Real modules (not traced ops) the group touches, with each root channel's indices in them."""
+    merged: dict[tuple[str, str], dict[int, list[int]]] = {}
+    for item in tp_group.items:
+        module = item.dep.target.module
+        if module not in module_names or not _has_own_params(module):
+            continue  # traced elementwise ops, activations, pools: nothing to prune
+        kind = "out" if _is_out_handler(item.dep.handler) else "in"
+        per_root = merged.setdefault((module_names[module], kind), {})
+        for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
+            per_root.setdefault(int(root_idx), []).append(int(idx))
+    size = len(tp_group[0].idxs)
+    return tuple(
+        GroupMember(name, kind, tuple(tuple(sorted(per_root.get(j, []))) for j in range(size)))
+        for (name, kind), per_root in merged.items()
+    )
+
+
+class ChannelMasker:
+    """Zeroes pruned channels with forward hooks on the model itself (no copy).
+
+    Output equals the physically pruned network's, because every module writing a group's channels (conv,
+    linear, batch norm) has its pruned outputs zeroed, and zeros flow through the ops in between (ReLU, pools,
+    adds, concatenation) as absent channels would. Use `set(mask)` to switch masks cheaply and `remove()` (or
+    the context manager) to restore the model.
+    """
+
+    def __init__(self, model: nn.Module, groups: ChannelGroups, mask: Mask | None = None):
+        self.model = model
+        self.groups = groups
+        self._multipliers: dict[str, torch.Tensor] = {}
+        self._channel_dim: dict[str, int] = {}
+        modules = dict(model.named_modules())
+        for group in groups.groups:
+            for member in group.members:
+                if member.kind != "out" or member.module in self._multipliers:
+                    continue
+                module = modules[member.module]
+                width = module.weight.shape[0] if not isinstance(module, nn.Linear) else module.out_features
+                self._multipliers[member.module] = torch.ones(width, device=module.weight.device)
+                self._channel_dim[member.module] = -1 if isinstance(module, nn.Linear) else 1
+        self._hooks = [modules[name].register_forward_hook(self._hook(name)) for name in self._multipliers]
+        self.set(mask if mask is not None else groups.full_mask())
+
+    def _hook(self, name: str):
+        multiplier, dim = self._multipliers[name], self._channel_dim[name]
+
+        def zero_pruned(_module, _inputs, output):
+            shape = [1] * output.dim()
+            shape[dim] = -1
+            return output * multiplier.view(shape).to(output.dtype)
+
+        return zero_pruned
+
+    def set(self, mask: Mask) -> None:
+        """Apply `mask` (in place: the multipliers are updated, the hooks stay)."""
+        self.groups.check(mask)
+        for multiplier in self._multipliers.values():
+            multiplier.fill_(1.0)
+        for group in self.groups.groups:
+            pruned = mask.pruned(group.index)
+            if not pruned:
+                continue
+            for member in group.members:
+                if member.kind == "out":
+                    idx = [i for j in pruned for i in member.channels[j]]
+                    self._multipliers[member.module][idx] = 0.0
+        self.mask = mask
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def __enter__(self) -> ChannelMasker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def prune_model(model: nn.Module, groups: ChannelGroups, mask: Mask) -> nn.Module:
+    """A physically pruned deep copy of `model`: an ordinary, smaller `nn.Module`. `model` is untouched."""
+    groups.check(mask)
+    pruned = copy.deepcopy(model)
+    graph = build_dependency_graph(pruned, groups.input_shape)
+    modules = dict(pruned.named_modules())
+    for group in groups.groups:
+        idxs = mask.pruned(group.index)
+        if not idxs:
+            continue
+        root = modules[group.root]
+        pruner = graph.get_pruner_of_module(root)
+        # Indices refer to the root's own output channels, which other groups never touch, so pruning group
+        # by group is exact; Torch-Pruning re-derives concat/split offsets before building each group.
+        graph.get_pruning_group(root, pruner.prune_out_channels, idxs=idxs).prune(record_history=False)
+    return pruned
