@@ -5,22 +5,34 @@ concatenation (found by Torch-Pruning's DependencyGraph). A `Mask` keeps a sorte
 group. Two ways to apply it, which must agree exactly:
 - `ChannelMasker`: forward hooks that zero the pruned channels in place (no copy; fast search evaluation);
 - `prune_model`: a physically smaller, ordinary `nn.Module` (a deep copy pruned with Torch-Pruning).
+A pruned network is stored as spec + mask + state dict and rebuilt by replaying the mask (`save_pruned`,
+`load_pruned`; never a pickled module), and exported with `export_onnx`.
 This module knows nothing of costs, graphs or agents.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import hashlib
+import io
 import json
-from collections.abc import Iterable, Sequence
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from graphprune.checkpoint import _atomic_write, atomic_torch_save, load_checkpoint
 from graphprune.errors import GraphpruneError
+from graphprune.models import ModelSpec, build_model
 
 # Modules whose output channels a hook can zero so that the result equals removing them. Normalisations that
 # mix channels (LayerNorm, GroupNorm) cannot: zeroing a channel changes their statistics, so a group holding
@@ -340,3 +352,190 @@ def prune_model(model: nn.Module, groups: ChannelGroups, mask: Mask) -> nn.Modul
         # by group is exact; Torch-Pruning re-derives concat/split offsets before building each group.
         graph.get_pruning_group(root, pruner.prune_out_channels, idxs=idxs).prune(record_history=False)
     return pruned
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pruned networks and masks on disk. A pruned network is stored as the baseline's spec + the mask + the pruned
+# state dict, and rebuilt by replaying the mask on a fresh model: loading never unpickles a module, so a file
+# from a shared remote cannot run code.
+
+
+class PrunedModel(NamedTuple):
+    """A physically pruned network rebuilt by `load_pruned`, with what it was built from."""
+
+    model: nn.Module
+    spec: ModelSpec
+    mask: Mask
+    meta: dict
+
+
+def save_pruned(
+    path: str | Path, spec: ModelSpec, mask: Mask, model: nn.Module, meta: Mapping[str, Any],
+    groups: ChannelGroups | None = None,
+) -> None:
+    """Write a physically pruned `model` (the result of `prune_model(baseline, groups, mask)`, possibly
+    fine-tuned) so that `load_pruned` can rebuild it. `groups` are the baseline's channel groups; without
+    them they are found again by tracing a fresh model of `spec`.
+    """
+    groups = groups if groups is not None else ChannelGroups(_fresh_model(spec), spec.input_shape)
+    groups.check(mask)
+    _check_is_pruned_by(model, groups, mask)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    atomic_torch_save({
+        "arch": spec.to_dict(),
+        "mask": mask.to_dict(),
+        "group_roots": list(groups.roots),
+        "min_channels": groups.min_channels,
+        "state_dict": state,
+        "meta": dict(meta),
+    }, path)
+
+
+def load_pruned(path: str | Path) -> PrunedModel:
+    """Rebuild a `save_pruned` file on the CPU, in eval mode; any mismatch is a GraphpruneError naming it."""
+    data = load_checkpoint(path)
+    missing = {"arch", "mask", "group_roots", "min_channels", "state_dict"} - data.keys()
+    if missing:
+        raise GraphpruneError(
+            f"{path} is not a pruned-model file (missing {', '.join(sorted(missing))}); "
+            "write it with `graphprune prune` or save_pruned"
+        )
+    spec = ModelSpec.from_dict(data["arch"])
+    model = _fresh_model(spec)
+    groups = ChannelGroups(model, spec.input_shape, int(data["min_channels"]))
+    _check_roots(path, groups, data["group_roots"])
+    mask = _mask_from_file(path, data["mask"], groups)
+    pruned = prune_model(model, groups, mask)
+    try:
+        pruned.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:
+        raise GraphpruneError(
+            f"the weights in {path} do not fit {spec.name} pruned by its mask ({exc}); the file is damaged "
+            "or was written by another version: rerun the stage that wrote it"
+        ) from exc
+    return PrunedModel(pruned.eval(), spec, mask, dict(data.get("meta", {})))
+
+
+def save_mask(path: str | Path, mask: Mask, groups: ChannelGroups) -> None:
+    """Write `mask.pt`: a plain dict of group sizes, kept channel indices and group roots."""
+    groups.check(mask)
+    atomic_torch_save({**mask.to_dict(), "group_roots": list(groups.roots)}, path)
+
+
+def load_mask(path: str | Path, groups: ChannelGroups) -> Mask:
+    """Read a `save_mask` file and check that it was made for `groups` (same roots, sizes, minimum)."""
+    data = load_checkpoint(path)
+    missing = {"sizes", "kept", "group_roots"} - data.keys()
+    if missing:
+        raise GraphpruneError(f"{path} is not a mask file (missing {', '.join(sorted(missing))})")
+    _check_roots(path, groups, data["group_roots"])
+    return _mask_from_file(path, data, groups)
+
+
+def _fresh_model(spec: ModelSpec) -> nn.Module:
+    # The architecture only: weights come from the stored state dict, so a weights file need not exist here.
+    return build_model(dataclasses.replace(spec, weights=None))
+
+
+def _check_roots(path: str | Path, groups: ChannelGroups, stored_roots: Sequence[str]) -> None:
+    if list(stored_roots) != list(groups.roots):
+        raise GraphpruneError(
+            f"{path} was made for other channel groups than this model has ({len(stored_roots)} stored, "
+            f"{len(groups)} found; first difference at group "
+            f"{_first_difference(list(stored_roots), list(groups.roots))}); the model or Torch-Pruning "
+            "changed since it was written: rerun the stage that wrote it"
+        )
+
+
+def _first_difference(a: list, b: list) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _mask_from_file(path: str | Path, mask_data: dict, groups: ChannelGroups) -> Mask:
+    try:
+        mask = Mask.from_dict(mask_data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GraphpruneError(f"{path} holds an invalid mask ({exc}); rerun the stage that wrote it") from exc
+    try:
+        groups.check(mask)
+    except GraphpruneError as exc:
+        raise GraphpruneError(f"{path}: {exc}") from exc
+    return mask
+
+
+def _check_is_pruned_by(model: nn.Module, groups: ChannelGroups, mask: Mask) -> None:
+    """Catch the easy mistake of saving the unpruned model: each root's output width must equal its count."""
+    modules = dict(model.named_modules())
+    for group, count in zip(groups.groups, mask.counts, strict=True):
+        root = modules.get(group.root)
+        width = None if root is None else root.weight.shape[0]
+        if width != count:
+            raise GraphpruneError(
+                f"the model to save is not pruned by this mask: {group.root} has {width} output channels, "
+                f"the mask keeps {count}; pass prune_model(model, groups, mask)"
+            )
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> str:
+    """Export `model` (eval mode, batch dimension dynamic) to ONNX and check the file with `onnx.checker`.
+
+    Tries the TorchScript exporter first (fast, no extra dependencies), then the torch.export-based one where
+    this torch lacks the former or it cannot translate an op (e.g. adaptive pooling to a size that does not
+    divide the input). Returns the exporter that wrote the file: "torchscript" or "dynamo".
+    """
+    was_training = model.training
+    model.eval()
+    example = (torch.zeros(1, *input_shape, device=_device_of(model)),)
+    try:
+        exporter, onnx_bytes = _export_to_bytes(model, example)
+    finally:
+        model.train(was_training)
+    _atomic_write(path, lambda stream: stream.write(onnx_bytes))
+    import onnx  # only exporting needs it; importing it would slow down every other user of this module
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise GraphpruneError(f"the ONNX file {path} fails onnx.checker: {exc}") from exc
+    return exporter
+
+
+def _export_to_bytes(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[str, bytes]:
+    names = {"input_names": ["input"], "output_names": ["logits"]}
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), _silenced_stdout():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces retirement
+            torch.onnx.export(model, example, buffer, dynamo=False, **names,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        return "torchscript", buffer.getvalue()
+    except Exception as legacy_exc:  # both exporters raise many types on ops they cannot translate
+        try:
+            program = torch.onnx.export(model, example, dynamo=True, verbose=False, **names,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},))
+        except Exception as dynamo_exc:
+            raise GraphpruneError(
+                f"cannot export {type(model).__name__} to ONNX: the TorchScript exporter failed "
+                f"({type(legacy_exc).__name__}: {_first_line(legacy_exc)}) and so did the dynamo exporter "
+                f"({type(dynamo_exc).__name__}: {_first_line(dynamo_exc)})"
+            ) from dynamo_exc
+        return "dynamo", program.model_proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _silenced_stdout():
+    """Hide C-level stdout: a failing TorchScript export prints its whole graph there (the exception keeps the
+    cause, and the dynamo exporter is tried next)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]

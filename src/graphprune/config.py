@@ -1,0 +1,167 @@
+"""Load and validate config.yaml into typed objects.
+
+The JSON schema next to this file (`config.schema.yaml`, also used by Snakemake's `validate`) is the one
+source of truth for keys, types and defaults: validation fills the defaults in, so the dataclasses built
+here take complete sections and define no defaults of their own. Configuration errors become one
+GraphpruneError naming the key path. This module does not load data or build models.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
+
+from graphprune.checkpoint import atomic_write_text
+from graphprune.data import DatasetInfo, DatasetSettings, dataset_info
+from graphprune.errors import GraphpruneError
+from graphprune.models import ModelSpec
+from graphprune.paths import ResultPaths
+from graphprune.train import TrainRecipe
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+# Settings that say where data lives, not what it is: moving a dataset must not invalidate results.
+LOCATION_KEYS = ("root", "download")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: a dataset, a model and how to train it."""
+
+    name: str
+    seed: int
+    dataset: DatasetSettings
+    model: ModelSpec  # classes, channels and input size follow the dataset
+    pretrain: TrainRecipe
+
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        return dataset_info(self.dataset)
+
+    @property
+    def pretrain_hash(self) -> str:
+        """Changes exactly when the pretrained baseline would change."""
+        dataset = {k: v for k, v in asdict(self.dataset).items() if k not in LOCATION_KEYS}
+        return stable_hash(
+            {"seed": self.seed, "dataset": dataset, "model": self.model.to_dict(), "pretrain": asdict(self.pretrain)}
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str  # where the config came from, for messages
+    results_dir: str
+    device: str
+    experiments: Mapping[str, Experiment]
+
+    def experiment(self, name: str) -> Experiment:
+        if name not in self.experiments:
+            raise GraphpruneError(
+                f"{self.source}: no experiment '{name}'; known experiments: {', '.join(self.experiments)}"
+            )
+        return self.experiments[name]
+
+    def paths(self, experiment: str) -> ResultPaths:
+        return ResultPaths(self.results_dir, experiment)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise GraphpruneError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GraphpruneError(f"{path} is not valid YAML: {exc}") from exc
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: Any, source: str = "config") -> Config:
+    """Validate a config mapping (a copy; the input is left as it is) and build the typed Config."""
+    data = validate(data, "#", source)
+    experiments = {name: _experiment(name, raw) for name, raw in data["experiments"].items()}
+    return Config(source, data["results_dir"], data["device"], experiments)
+
+
+def train_recipe(raw: Mapping[str, Any], source: str = "train recipe") -> TrainRecipe:
+    """A TrainRecipe from a (possibly partial) recipe section, schema defaults filled in."""
+    return TrainRecipe.from_dict(validate(raw, "#/$defs/train_recipe", source))
+
+
+def dataset_settings(raw: Mapping[str, Any], source: str = "dataset") -> DatasetSettings:
+    """DatasetSettings from a (possibly partial) dataset section, schema defaults filled in."""
+    return DatasetSettings(**validate(raw, "#/$defs/dataset", source))
+
+
+def validate(data: Any, definition: str, source: str) -> Any:
+    """Check `data` against the schema part `definition` ("#" for a whole config); return a copy with
+    the defaults filled in. The most relevant error is raised as a GraphpruneError."""
+    data = copy.deepcopy(data)
+    schema = _load_schema()
+    if definition != "#":
+        schema = {"$ref": definition, "$defs": schema["$defs"]}
+    error = best_match(_DefaultFillingValidator(schema).iter_errors(data))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path)
+        raise GraphpruneError(f"{source}: {where + ': ' if where else ''}{error.message}")
+    return data
+
+
+def stable_hash(data: Any) -> str:
+    """A short hash of JSON-able data that does not depend on key order or the Python session."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_resolved_config(data: Mapping[str, Any], directory: str | Path) -> str:
+    """Write a validated config to `directory/config-<hash>.yaml` and return that path.
+
+    Snakemake merges config.yaml, --configfile and --config overrides in memory; the rules hand the CLI
+    this file so it sees exactly the config the workflow was planned with.
+    """
+    resolved = validate(data, "#", "config")
+    text = yaml.safe_dump(resolved, sort_keys=True)
+    path = Path(directory) / f"config-{stable_hash(resolved)}.yaml"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(text, path)
+    return str(path)
+
+
+def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
+    dataset = DatasetSettings(**raw["dataset"])
+    info = dataset_info(dataset)
+    model = ModelSpec(
+        name=raw["model"]["name"],
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        input_size=info.input_size,
+        weights=raw["model"]["weights"],
+    )
+    return Experiment(name, raw["seed"], dataset, model, TrainRecipe.from_dict(raw["pretrain"]))
+
+
+@functools.cache
+def _load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _fill_defaults(validator, properties, instance, schema):
+    # As Snakemake's validate does (jsonschema FAQ recipe), but copying each default so that no two
+    # configs share, and later mutate, the schema's own default objects.
+    if isinstance(instance, dict):
+        for name, subschema in properties.items():
+            if "default" in subschema:
+                instance.setdefault(name, copy.deepcopy(subschema["default"]))
+    yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+
+_DefaultFillingValidator = validators.extend(Draft202012Validator, {"properties": _fill_defaults})

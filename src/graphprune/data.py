@@ -1,0 +1,261 @@
+"""Datasets by name, split deterministically into train / search / test.
+
+`search` is held out of the training data: pruning decisions (agent rewards, method selection) are made on
+it, while `test` is only ever reported. Splits depend on the dataset settings alone (never on the experiment
+seed), so every experiment and method on a dataset sees the same images in the same split. This module
+loads data; it does not train or evaluate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision import transforms as T
+
+from graphprune.errors import GraphpruneError
+
+# The digits test split is fixed across settings so that every experiment reports on the same images.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 0
+# FakeData's test images come from a disjoint index range of its per-index random generator.
+FAKE_TEST_OFFSET = 10**7
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.input_size, self.input_size)
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """The `dataset` section of an experiment (defaults come from the config schema).
+
+    search_size: a fraction of the training data if below 1, else a number of images.
+    num_classes: overrides the class count of `imagenet` (e.g. a 100-class subset) and sets it for `fake`.
+    num_samples, in_channels, input_size: the shape of `fake` data; ignored by real datasets.
+    """
+
+    name: str
+    root: str
+    download: bool
+    search_size: float
+    split_seed: int
+    num_classes: int | None
+    num_samples: int
+    in_channels: int
+    input_size: int
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Three disjoint datasets yielding `(image [C, H, W] float, label int)`, and what they hold."""
+
+    train: Dataset
+    search: Dataset
+    test: Dataset
+    info: DatasetInfo
+
+
+_FIXED_INFO = {
+    "digits": (10, 1, 8),
+    "cifar10": (10, 3, 32),
+    "cifar100": (100, 3, 32),
+    "imagenet": (1000, 3, 224),
+}
+
+
+def dataset_info(settings: DatasetSettings) -> DatasetInfo:
+    """Classes, channels and input size of a dataset, known without loading it."""
+    _check_known(settings.name)
+    if settings.name == "fake":
+        return DatasetInfo("fake", settings.num_classes or 10, settings.in_channels, settings.input_size)
+    num_classes, in_channels, input_size = _FIXED_INFO[settings.name]
+    if settings.name == "imagenet" and settings.num_classes:
+        num_classes = settings.num_classes
+    return DatasetInfo(settings.name, num_classes, in_channels, input_size)
+
+
+def load_splits(settings: DatasetSettings) -> Splits:
+    """Load a dataset and split it; missing files raise a GraphpruneError that says how to get them."""
+    _check_known(settings.name)
+    return _LOADERS[settings.name](settings, dataset_info(settings))
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, workers: int = 0
+) -> DataLoader:
+    """A DataLoader whose order (and worker seeds) come from its own generator, reseedable via
+    `loader.generator.manual_seed(...)`, so batches never depend on the global RNG's history."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def search_count(search_size: float, available: int) -> int:
+    """How many of `available` training images the search split takes."""
+    count = round(search_size * available) if search_size < 1 else int(search_size)
+    if not 1 <= count < available:
+        raise GraphpruneError(
+            f"dataset.search_size {search_size} leaves no training data or no search data "
+            f"({available} training images available); use a fraction below 1 or a smaller count"
+        )
+    return count
+
+
+def hold_out(num_items: int, held_out: int, seed: int) -> tuple[list[int], list[int]]:
+    """Split `range(num_items)` by a seeded permutation into (kept, held_out) sorted index lists."""
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[held_out:]), sorted(order[:held_out])
+
+
+class TransformedSubset(Dataset):
+    """`base[i]` for the chosen indices, with this split's own transform applied to the raw image.
+
+    Lets the train split (augmented) and the search split (not augmented) share one loaded dataset.
+    """
+
+    def __init__(self, base: Dataset, indices: list[int], transform: Callable | None):
+        self.base, self.indices, self.transform = base, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        image, label = self.base[self.indices[position]]
+        return (self.transform(image) if self.transform else image), label
+
+
+def _check_known(name: str) -> None:
+    if name not in _LOADERS:
+        raise GraphpruneError(f"unknown dataset '{name}'; known datasets: {', '.join(_LOADERS)}")
+
+
+def digits_split_indices(num_images: int, settings: DatasetSettings) -> tuple[list[int], list[int], list[int]]:
+    """(train, search, test) indices into the digits images; the test part never changes."""
+    pool, test = hold_out(num_images, round(DIGITS_TEST_FRACTION * num_images), DIGITS_TEST_SEED)
+    train, search = hold_out(len(pool), search_count(settings.search_size, len(pool)), settings.split_seed)
+    return [pool[i] for i in train], [pool[i] for i in search], test
+
+
+def _digits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1)  # [N, 1, 8, 8], values 0..16
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train, search, test = digits_split_indices(len(labels), settings)
+    # Statistics of the non-test images: independent of the search size and blind to the test images.
+    mean, std = images[train + search].mean(), images[train + search].std()
+    images = (images - mean) / std
+
+    def subset(indices: list[int]) -> TensorDataset:
+        return TensorDataset(images[indices], labels[indices])
+
+    return Splits(subset(train), subset(search), subset(test), info)
+
+
+def _cifar(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    is_cifar10 = settings.name == "cifar10"
+    dataset_class = torchvision.datasets.CIFAR10 if is_cifar10 else torchvision.datasets.CIFAR100
+    folder = "cifar-10-batches-py" if is_cifar10 else "cifar-100-python"
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if is_cifar10 else (CIFAR100_MEAN, CIFAR100_STD)
+    try:
+        train_pool = dataset_class(settings.root, train=True, download=settings.download)
+        test_images = dataset_class(settings.root, train=False, download=settings.download)
+    except Exception as exc:  # RuntimeError when absent, URLError/OSError when the download fails
+        how = (
+            "the download failed; run once on a machine with internet access and copy the folder here"
+            if settings.download
+            else "set `download: true` in the dataset settings on a machine with internet access"
+        )
+        raise GraphpruneError(
+            f"{settings.name} not found under {settings.root} (expected {Path(settings.root) / folder}): "
+            f"{how}, or place the extracted {folder} folder under {settings.root} ({exc})"
+        ) from exc
+    normalize = [T.ToTensor(), T.Normalize(mean, std)]
+    augment = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalize])
+    return _split_train_pool(train_pool, test_images, augment, T.Compose(normalize), settings, info)
+
+
+def _imagenet(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    root = Path(settings.root)
+    missing = [str(root / part) for part in ("train", "val") if not (root / part).is_dir()]
+    if missing:
+        raise GraphpruneError(
+            f"imagenet needs class folders under {', '.join(missing)} (torchvision ImageFolder layout: "
+            f"{root}/train/<class>/<image> and {root}/val/<class>/<image>); ImageNet cannot be downloaded "
+            "automatically, get it from image-net.org and point dataset.root at it"
+        )
+    train_pool = torchvision.datasets.ImageFolder(root / "train")
+    if len(train_pool.classes) != info.num_classes:
+        raise GraphpruneError(
+            f"{root / 'train'} has {len(train_pool.classes)} class folders but the experiment expects "
+            f"{info.num_classes}; set dataset.num_classes: {len(train_pool.classes)}"
+        )
+    normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    augment = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *normalize])
+    evaluate = T.Compose([T.Resize(256), T.CenterCrop(224), *normalize])
+    test_images = torchvision.datasets.ImageFolder(root / "val", transform=evaluate)
+    return _split_train_pool(train_pool, test_images, augment, evaluate, settings, info)
+
+
+def _fake(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    image_size = info.input_shape
+
+    def fake(size: int, offset: int) -> Dataset:
+        return torchvision.datasets.FakeData(
+            size, image_size, info.num_classes, transform=T.ToTensor(), random_offset=offset
+        )
+
+    train_pool = fake(settings.num_samples, 0)
+    test_images = fake(max(1, settings.num_samples // 4), FAKE_TEST_OFFSET)
+    return _split_train_pool(train_pool, test_images, None, None, settings, info)
+
+
+def _split_train_pool(
+    train_pool: Dataset,
+    test_images: Dataset,
+    train_transform: Callable | None,
+    eval_transform: Callable | None,
+    settings: DatasetSettings,
+    info: DatasetInfo,
+) -> Splits:
+    """Hold the search split out of the official training images; it is evaluated without augmentation."""
+    size = len(train_pool)
+    train, search = hold_out(size, search_count(settings.search_size, size), settings.split_seed)
+    return Splits(
+        TransformedSubset(train_pool, train, train_transform),
+        TransformedSubset(train_pool, search, eval_transform),
+        test_images,
+        info,
+    )
+
+
+_LOADERS: dict[str, Callable[[DatasetSettings, DatasetInfo], Splits]] = {
+    "digits": _digits,
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "imagenet": _imagenet,
+    "fake": _fake,
+}
+KNOWN_DATASETS = tuple(_LOADERS)

@@ -1,0 +1,268 @@
+"""The one interface of every way to choose a keep-mask under a resource budget, its registry, and the budget
+arithmetic all methods share.
+
+A method gets a `MethodContext` (trained model, channel groups, cost model, optional graph and search evaluator,
+seed, output folder) and a `Budget`, and returns a `MethodResult`: a mask and a record of the search.
+`PruningMethod.search` checks that the budget is feasible before, and that the mask meets it after, so no
+method can hand back a mask over budget. Methods register by name (`@register("l1_uniform")`); `get_method`
+finds them. This module neither trains, evaluates nor writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from graphprune.cost import Budget, CostModel
+from graphprune.errors import GraphpruneError
+from graphprune.pruning import ChannelGroups, Mask
+
+# Modules whose import registers methods; imported on the first registry lookup so that using one method never
+# pays for importing every other (the RL methods pull in torch-geometric and Tianshou).
+METHOD_MODULES: tuple[str, ...] = (
+    "graphprune.methods.heuristics",
+)
+
+# Bisection steps on a continuous scale of keep ratios; 2**-50 is far below one channel of any real network.
+_BISECTION_STEPS = 50
+
+
+@dataclass
+class MethodContext:
+    """What a method may use to choose a mask. `evaluator(mask)` is the search-split accuracy of the masked
+    network (None where no data is at hand: methods that need it refuse to run without it)."""
+
+    model: nn.Module
+    groups: ChannelGroups
+    cost: CostModel
+    graph: Any = None  # graph.NetworkGraph, for the graph-based methods
+    evaluator: Callable[[Mask], float] | None = None
+    seed: int = 0
+    out_dir: Path | None = None
+
+
+@dataclass
+class MethodResult:
+    """The chosen mask and what the search did: `search_seconds`, `masks_evaluated`, `notes`, and the cost ratios
+    of the mask (`flops_ratio`, `params_ratio`), plus anything method-specific."""
+
+    mask: Mask
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """Settings of a method that has none."""
+
+
+class PruningMethod(ABC):
+    """Something that returns a mask for (model, budget). Subclasses implement `choose` and declare their
+    typed `settings_type` (a dataclass whose fields are the accepted settings, all with defaults)."""
+
+    name: ClassVar[str] = ""  # set by @register
+    settings_type: ClassVar[type] = NoSettings
+    needs_evaluator: ClassVar[bool] = False
+
+    def search(
+        self, context: MethodContext, budget: Budget, settings: Mapping[str, Any] | object | None = None
+    ) -> MethodResult:
+        """Choose a mask meeting `budget`. `settings`: a mapping of this method's settings (or the typed object).
+
+        Raises GraphpruneError for an impossible budget, unknown settings or a missing search evaluator.
+        """
+        typed_settings = parse_settings(self.settings_type, settings, self.name)
+        context.cost.check_feasible(budget)
+        if self.needs_evaluator and context.evaluator is None:
+            raise GraphpruneError(
+                f"method {self.name} scores masks on the search split and needs a search evaluator; "
+                "run it through `graphprune search` with a dataset"
+            )
+        start = time.perf_counter()
+        result = self.choose(context, budget, typed_settings)
+        seconds = time.perf_counter() - start
+        _check_result(self.name, context, budget, result.mask)
+        counts = result.mask.counts
+        record = {
+            "method": self.name, "target": str(budget), "search_seconds": seconds, "masks_evaluated": 0,
+            "notes": "", **result.record,
+            "flops_ratio": context.cost.ratio("flops", counts), "params_ratio": context.cost.ratio("params", counts),
+        }
+        return MethodResult(result.mask, record)
+
+    @abstractmethod
+    def choose(self, context: MethodContext, budget: Budget, settings: Any) -> MethodResult:
+        """Return a mask meeting `budget` (feasibility is already checked) and the method's own record items."""
+
+
+def _check_result(name: str, context: MethodContext, budget: Budget, mask: Mask) -> None:
+    context.groups.check(mask)
+    if not context.cost.meets(budget, mask.counts):
+        ratio = context.cost.ratio(budget.metric, mask.counts)
+        raise RuntimeError(f"method {name} returned a mask over budget {budget} ({budget.metric} ratio {ratio:.4f})")
+
+
+def parse_settings(settings_type: type, settings: Mapping[str, Any] | object | None, method: str) -> Any:
+    """Build the typed settings of `method` from a mapping; unknown keys are a GraphpruneError listing the known."""
+    if settings is None:
+        return settings_type()
+    if isinstance(settings, settings_type):
+        return settings
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"settings of {method} must be a mapping or {settings_type.__name__}, got {type(settings)}")
+    known = {f.name for f in dataclasses.fields(settings_type)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise GraphpruneError(
+            f"unknown setting(s) {', '.join(unknown)} for method {method}; "
+            f"it accepts: {', '.join(sorted(known)) or 'none'}"
+        )
+    return settings_type(**settings)
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+_REGISTRY: dict[str, type[PruningMethod]] = {}
+
+
+def register(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
+    """Class decorator: make a PruningMethod available as `name`."""
+
+    def add(cls: type[PruningMethod]) -> type[PruningMethod]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"two pruning methods are registered as {name!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def _load_method_modules() -> None:
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
+
+
+def available_methods() -> list[str]:
+    _load_method_modules()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> PruningMethod:
+    """A fresh instance of the method registered as `name`."""
+    _load_method_modules()
+    if name not in _REGISTRY:
+        raise GraphpruneError(f"unknown pruning method {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()
+
+
+# ------------------------------------------------------------------------------------ budget arithmetic
+
+
+def counts_for_ratios(sizes: Sequence[int], ratios: Sequence[float] | np.ndarray,
+                      min_counts: Sequence[int]) -> np.ndarray:
+    """Kept channels per group for keep ratios per group: round(ratio * size), within [min_count, size].
+
+    Non-decreasing in every ratio, which is what makes the bisections below exact.
+    """
+    sizes_array = np.asarray(sizes, dtype=np.int64)
+    wanted = np.floor(np.asarray(ratios, dtype=np.float64) * sizes_array + 0.5).astype(np.int64)
+    return np.clip(wanted, np.asarray(min_counts, dtype=np.int64), sizes_array)
+
+
+def largest_scaled_counts(cost: CostModel, budget: Budget, base_ratios: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Counts for the keep ratios `scale * base_ratios` (each capped at 1), with the largest scale that meets
+    `budget`, found by bisection on the cost. `base_ratios` all ones gives the largest uniform ratio.
+
+    The budget must be feasible (`cost.check_feasible`): scale 0 keeps the minimum of every group.
+    """
+    sizes, min_counts = cost.groups.sizes, cost.min_counts
+    base = np.asarray(base_ratios, dtype=np.float64)
+    if base.shape != (len(sizes),) or (base <= 0).any():
+        raise ValueError(f"need one positive base ratio per group ({len(sizes)}), got {base}")
+
+    def counts_at(scale: float) -> np.ndarray:
+        return counts_for_ratios(sizes, np.minimum(1.0, scale * base), min_counts)
+
+    low, high = 0.0, 1.0 / float(base.min())  # at `high` every ratio is capped at 1: the full network
+    if cost.meets(budget, counts_at(high)):
+        return counts_at(high)
+    for _ in range(_BISECTION_STEPS):
+        middle = (low + high) / 2
+        if cost.meets(budget, counts_at(middle)):
+            low = middle
+        else:
+            high = middle
+    return counts_at(low)
+
+
+def keep_top(scores: Sequence[np.ndarray], counts: Sequence[int]) -> Mask:
+    """Keep the `counts[g]` highest-scoring channels of each group g (ties: the lower channel index stays)."""
+    kept = []
+    for group_scores, count in zip(scores, counts, strict=True):
+        order = np.argsort(-np.asarray(group_scores, dtype=np.float64), kind="stable")
+        kept.append(tuple(sorted(int(i) for i in order[:count])))
+    return Mask(tuple(len(s) for s in scores), tuple(kept))
+
+
+def remove_to_budget(mask: Mask, cost: CostModel, budget: Budget, scores: Sequence[np.ndarray],
+                     min_channels: int | None = None) -> Mask:
+    """Drop the lowest-scoring kept channels network-wide, fewest first, until `mask` meets `budget`.
+
+    scores: one array per group, [size] each, comparable across groups (the global ranking). The
+    `min_channels` best kept channels of each group are never dropped (default: the groups' minimum). Exact:
+    stops at the first channel whose removal meets the budget (found by bisection, since dropping channels
+    never adds cost). Returns `mask` itself when it already meets the budget. Ties: the later group, then
+    the higher channel index, go first.
+    """
+    if cost.meets(budget, mask.counts):
+        return mask
+    minimum = cost.groups.min_channels if min_channels is None else min_channels
+    candidate_group, candidate_channel, candidate_score = [], [], []
+    for g, kept in enumerate(mask.kept):
+        group_scores = np.asarray(scores[g], dtype=np.float64)
+        by_score = sorted(kept, key=lambda i, s=group_scores: (-s[i], i))  # best first
+        for i in by_score[min(minimum, mask.sizes[g]):]:
+            candidate_group.append(g)
+            candidate_channel.append(i)
+            candidate_score.append(group_scores[i])
+    # lexsort: the last key is primary; lowest score first, ties to the later group and higher channel.
+    order = np.lexsort((-np.asarray(candidate_channel), -np.asarray(candidate_group), np.asarray(candidate_score)))
+    groups_in_order = np.asarray(candidate_group, dtype=np.int64)[order]
+    counts = np.asarray(mask.counts, dtype=np.int64)
+
+    def counts_after(removed: int) -> np.ndarray:
+        return counts - np.bincount(groups_in_order[:removed], minlength=len(counts))
+
+    if not cost.meets(budget, counts_after(len(order))):
+        ratio = cost.ratio(budget.metric, counts_after(len(order)))
+        raise GraphpruneError(
+            f"budget {budget} cannot be met by removing channels from this mask while keeping {minimum} per "
+            f"group (it leaves {ratio:.4f} of the {budget.metric})"
+        )
+    low, high = 0, len(order)  # counts_after(low) misses the budget, counts_after(high) meets it
+    while high - low > 1:
+        middle = (low + high) // 2
+        if cost.meets(budget, counts_after(middle)):
+            high = middle
+        else:
+            low = middle
+    removed = {(int(g), int(i)) for g, i in zip(groups_in_order[:high],
+                                                np.asarray(candidate_channel)[order][:high], strict=True)}
+    return Mask(mask.sizes, tuple(tuple(i for i in kept if (g, i) not in removed) for g, kept in enumerate(mask.kept)))
+
+
+def random_channels(counts: Sequence[int], sizes: Sequence[int], rng: np.random.Generator) -> Mask:
+    """Keep `counts[g]` channels of each group g, drawn uniformly without replacement."""
+    kept = tuple(tuple(sorted(int(i) for i in rng.choice(size, size=count, replace=False)))
+                 for size, count in zip(sizes, counts, strict=True))
+    return Mask(tuple(sizes), kept)
+

@@ -1,0 +1,286 @@
+"""Training loop of the pruning agent: Tianshou 2.0 PPO over vector envs, Lagrangian budget, self-competition.
+
+One iteration: collect a batch of whole episodes, turn each episode's search accuracy into a reward against
+the agent's own record (minus the Lagrangian penalty on the budget overshoot), update the multiplier by dual
+ascent, run the PPO update, log every episode, checkpoint. The loop is written out here (not Tianshou's
+trainer) because the rewards depend on state shared across environments. A checkpoint after every
+iteration holds everything the next one depends on, so an interrupted search resumes exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tianshou.algorithm import PPO
+from tianshou.algorithm.modelfree.reinforce import ProbabilisticActorPolicy
+from tianshou.algorithm.optim import AdamOptimizerFactory
+from tianshou.data import Collector, VectorReplayBuffer
+from tianshou.env import DummyVectorEnv, SubprocVectorEnv
+from tianshou.utils.torch_utils import policy_within_training_step
+from tqdm import tqdm
+
+from graphprune.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
+from graphprune.cost import Budget, CostModel
+from graphprune.errors import GraphpruneError
+from graphprune.graph import NetworkGraph
+from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
+from graphprune.methods.gat_ppo.policy import GraphCritic, GraphEncoder, IndependentBernoulli, KeepActor, PolicySettings
+from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
+from graphprune.pruning import Mask
+
+LOG_COLUMNS = ("episode", "iteration", "reward", "search_top1", "cost_ratio", "agent_cost_ratio", "overshoot",
+               "repaired_channels", "multiplier", "best_search_top1")
+CHECKPOINT_NAME = "agent.pt"
+LOG_NAME = "log.csv"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Search settings of `gat_ppo` (config: `search` section). Defaults are sized for 2 CPU cores."""
+
+    episodes: int = 512
+    episodes_per_iteration: int = 32
+    num_envs: int = 4
+    vector_env: str = "dummy"  # "dummy" (in-process) | "subprocess"
+    episode: str = "per_group"  # "per_group" | "one_shot"
+    max_seconds: float | None = None  # stop after this much wall time (checked between iterations)
+    plateau_iterations: int | None = None  # stop when the best has not improved for this many iterations
+    lr: float = 1e-3
+    eps_clip: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    gae_lambda: float = 0.95
+    gamma: float = 1.0  # episodic, terminal reward only
+    update_repeats: int = 4
+    batch_size: int = 128
+    max_grad_norm: float = 0.5
+    lagrange_lr: float = 5.0
+    lagrange_tolerance: float = 0.01
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
+
+    def __post_init__(self):
+        if self.vector_env not in ("dummy", "subprocess"):
+            raise GraphpruneError(f"search.vector_env must be 'dummy' or 'subprocess', got {self.vector_env!r}")
+        if self.episode not in ("per_group", "one_shot"):
+            raise GraphpruneError(f"search.episode must be 'per_group' or 'one_shot', got {self.episode!r}")
+        if self.episodes_per_iteration % self.num_envs:
+            raise GraphpruneError("search.episodes_per_iteration must be a multiple of search.num_envs")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AgentSettings:
+        data = dict(data)
+        policy = PolicySettings(**data.pop("policy", {}))
+        reward = RewardSettings(**data.pop("reward", {}))
+        return cls(policy=policy, reward=reward, **data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    mask: Mask
+    search_top1: float
+    episodes: int
+    masks_evaluated: int
+    seconds: float
+    record: dict
+
+
+class GatPpoSearch:
+    """One agent searching masks for one (network, budget). `run()` resumes from `out_dir` if it can."""
+
+    def __init__(self, graph: NetworkGraph, order: list[int], cost: CostModel, budget: Budget, evaluate,
+                 importance: list[np.ndarray], settings: AgentSettings, seed: int, out_dir: str | Path,
+                 min_channels: int = 1, device: str | torch.device = "cpu"):
+        self.settings, self.seed, self.budget = settings, seed, budget
+        self.out_dir = Path(out_dir)
+        sizes = graph.group_sizes
+        self.layout = (EpisodeLayout.per_group if settings.episode == "per_group" else EpisodeLayout.one_shot)(
+            sizes, order)
+        cost.check_feasible(budget)
+
+        def make_env() -> PruningEnv:
+            return PruningEnv(self.layout, cost, budget, evaluate, importance, min_channels)
+
+        vector_env = DummyVectorEnv if settings.vector_env == "dummy" else SubprocVectorEnv
+        self.envs = vector_env([make_env for _ in range(settings.num_envs)])
+        torch.manual_seed(seed)
+        encoder = GraphEncoder(graph, settings.policy)
+        actor = KeepActor(encoder, self.layout, budget.ratio, settings.policy.hidden)
+        critic = GraphCritic(encoder, settings.policy.hidden)
+        probe = make_env()
+        policy = ProbabilisticActorPolicy(
+            actor=actor, dist_fn=IndependentBernoulli, action_space=probe.action_space,
+            observation_space=probe.observation_space, deterministic_eval=True, action_scaling=False,
+            action_bound_method=None,
+        )
+        self.algorithm = PPO(
+            policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=settings.lr),
+            eps_clip=settings.eps_clip, ent_coef=settings.ent_coef, vf_coef=settings.vf_coef,
+            gae_lambda=settings.gae_lambda, gamma=settings.gamma, max_grad_norm=settings.max_grad_norm,
+            max_batchsize=settings.batch_size,
+        ).to(device)
+        steps = len(self.layout.steps)
+        # Twice the room one iteration needs, so no sub-buffer ever wraps around.
+        buffer = VectorReplayBuffer(2 * settings.episodes_per_iteration * steps, settings.num_envs)
+        self.collector = Collector(self.algorithm, self.envs, buffer)
+        self.reward = SelfCompetitionReward(settings.reward)
+        self.multiplier = LagrangeMultiplier(lr=settings.lagrange_lr, tolerance=settings.lagrange_tolerance)
+        self.iteration = 0
+        self.log_rows: list[dict] = []
+        self.mask_keys: set[str] = set()  # distinct masks evaluated (the equal-budget N for random_search)
+        self.best: tuple[float, list[list[int]]] | None = None  # (search accuracy, kept indices)
+        self.seconds = 0.0
+        self.timing = {"collect": 0.0, "update": 0.0}
+        self.stop_reason = ""
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        self._resume()
+        s = self.settings
+        iterations = -(-s.episodes // s.episodes_per_iteration)
+        progress = tqdm(total=iterations, initial=self.iteration, desc=f"gat_ppo {self.budget}", unit="it",
+                        dynamic_ncols=True)
+        started = time.perf_counter() - self.seconds
+        best_iteration = self.iteration
+        while self.iteration < iterations:
+            before = self.best[0] if self.best else None
+            self._iterate()
+            self.seconds = time.perf_counter() - started
+            self._save_checkpoint()
+            if self.best and self.best[0] != before:
+                best_iteration = self.iteration
+            progress.update(1)
+            progress.set_postfix(best=f"{self.best[0]:.4f}", lam=f"{self.multiplier.value:.2f}")
+            if s.max_seconds is not None and self.seconds >= s.max_seconds:
+                self.stop_reason = f"wall time {s.max_seconds}s"
+                break
+            if s.plateau_iterations and self.iteration - best_iteration >= s.plateau_iterations:
+                self.stop_reason = f"no improvement for {s.plateau_iterations} iterations"
+                break
+        progress.close()
+        self.stop_reason = self.stop_reason or "episodes"
+        self.envs.close()
+        return self._result()
+
+    def _iterate(self) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        with policy_within_training_step(self.algorithm.policy):
+            self.collector.collect(n_episode=s.episodes_per_iteration, reset_before_collect=True)
+            t1 = time.perf_counter()
+            overshoots = self._assign_rewards()
+            self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size, repeat=s.update_repeats)
+        self.collector.reset_buffer(keep_statistics=False)
+        self.timing["collect"] += t1 - t0
+        self.timing["update"] += time.perf_counter() - t1
+        self.multiplier.update(np.asarray(overshoots))
+        self.iteration += 1
+
+    def _assign_rewards(self) -> list[float]:
+        """Write each finished episode's reward onto its terminal transition, in a fixed order."""
+        buffer = self.collector.buffer
+        valid = buffer.sample_indices(0)  # filled slots only: a reset buffer keeps stale data behind them
+        terminal = [int(i) for i in valid[buffer.done[valid]]]
+        overshoots = []
+        for index in terminal:
+            info = buffer.info[index]
+            accuracy, overshoot = float(info["search_top1"]), float(info["overshoot"])
+            reward = self.reward(accuracy) - self.multiplier.value * overshoot
+            buffer.rew[index] = reward
+            overshoots.append(overshoot)
+            flags = np.asarray(info["kept_flags"], dtype=bool)
+            self.mask_keys.add(np.packbits(flags).tobytes().hex())
+            if self.best is None or accuracy > self.best[0]:
+                mask = Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:]))
+                self.best = (accuracy, [list(k) for k in mask.kept])
+            self.log_rows.append({
+                "episode": len(self.log_rows), "iteration": self.iteration, "reward": reward,
+                "search_top1": accuracy, "cost_ratio": float(info["cost_ratio"]),
+                "agent_cost_ratio": float(info["agent_cost_ratio"]), "overshoot": overshoot,
+                "repaired_channels": int(info["repaired_channels"]), "multiplier": self.multiplier.value,
+                "best_search_top1": self.best[0],
+            })
+        return overshoots
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def _checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def _save_checkpoint(self) -> None:
+        state = {
+            "settings": self.settings.to_dict(), "seed": self.seed, "budget": str(self.budget),
+            "iteration": self.iteration, "algorithm": self.algorithm.state_dict(),
+            "reward": self.reward.state_dict(), "multiplier": self.multiplier.value,
+            "best": list(self.best) if self.best else None, "log": self.log_rows,
+            "mask_keys": sorted(self.mask_keys), "seconds": self.seconds,
+            "timing": dict(self.timing), "rng": _rng_states(),
+        }
+        atomic_torch_save(state, self._checkpoint_path())
+        atomic_write_text(_csv(self.log_rows), self.out_dir / LOG_NAME)
+
+    def _resume(self) -> None:
+        path = self._checkpoint_path()
+        if not path.exists():
+            return
+        state = load_checkpoint(path)
+        if state.get("settings") != self.settings.to_dict() or state.get("seed") != self.seed \
+                or state.get("budget") != str(self.budget):
+            raise GraphpruneError(
+                f"{path} belongs to a search with other settings; delete {self.out_dir} to start over"
+            )
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.reward.load_state_dict(state["reward"])
+        self.multiplier.value = float(state["multiplier"])
+        self.best = (float(state["best"][0]), state["best"][1]) if state["best"] else None
+        self.iteration, self.log_rows = int(state["iteration"]), list(state["log"])
+        self.mask_keys = set(state["mask_keys"])
+        self.seconds, self.timing = float(state["seconds"]), dict(state["timing"])
+        _set_rng_states(state["rng"])
+
+    def _result(self) -> SearchResult:
+        if self.best is None:
+            raise GraphpruneError("the search ran no episode; raise search.episodes")
+        accuracy, kept = self.best
+        mask = Mask(tuple(self.layout.sizes), tuple(tuple(k) for k in kept))
+        record = {
+            "stop_reason": self.stop_reason, "iterations": self.iteration,
+            "multiplier": self.multiplier.value, "timing_seconds": dict(self.timing),
+            "repaired_episodes": sum(1 for r in self.log_rows if r["repaired_channels"] > 0),
+        }
+        return SearchResult(mask, accuracy, len(self.log_rows), len(self.mask_keys), self.seconds, record)
+
+
+def _rng_states() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+
+
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_rng_states(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+
+
+def _csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=LOG_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

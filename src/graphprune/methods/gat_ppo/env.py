@@ -1,0 +1,170 @@
+"""The pruning CMDP as a gymnasium environment: one step per channel group, binary keep decisions.
+
+Step t decides the channels of the groups in `steps[t]` (one group per step in topological order by default;
+all groups in one step in one-shot mode). The action is a MultiBinary vector padded to the widest step; only
+the first `width(t)` entries count. At the end the agent's own mask (before repair) gives the budget
+overshoot (the CMDP cost signal); the mask is then repaired to meet the budget (dropping the least important
+kept channels) and scored on the search split. The environment holds no reward state: it reports the search
+accuracy and overshoot in `info`, and the training loop turns them into rewards (see reward.py).
+
+Observations carry only the dynamic state; the static graph lives in the policy (it never changes), which
+keeps the replay buffer small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from graphprune.cost import Budget, CostModel
+from graphprune.methods.base import remove_to_budget
+from graphprune.pruning import Mask
+
+BUDGET_FEATURES = ("budget", "cost_ratio", "min_cost_ratio", "to_remove", "progress", "kept_fraction")
+
+
+@dataclass(frozen=True)
+class EpisodeLayout:
+    """Which groups each step decides, and where their channels sit in the flat channel vector.
+
+    offsets[g]: first flat index of group g; steps[t]: groups decided at step t.
+    """
+
+    sizes: tuple[int, ...]
+    steps: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def per_group(cls, sizes: Sequence[int], order: Sequence[int]) -> EpisodeLayout:
+        return cls(tuple(sizes), tuple((g,) for g in order))
+
+    @classmethod
+    def one_shot(cls, sizes: Sequence[int], order: Sequence[int]) -> EpisodeLayout:
+        return cls(tuple(sizes), (tuple(order),))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+
+    @property
+    def num_channels(self) -> int:
+        return int(sum(self.sizes))
+
+    def step_channels(self, t: int) -> np.ndarray:
+        """Flat channel indices decided at step t, in action-slot order."""
+        offsets = self.offsets
+        return np.concatenate([np.arange(offsets[g], offsets[g] + self.sizes[g]) for g in self.steps[t]])
+
+    @property
+    def width(self) -> int:
+        return max(len(self.step_channels(t)) for t in range(len(self.steps)))
+
+
+class PruningEnv(gym.Env):
+    """Channel-pruning CMDP. Observation (all float32 but `step`):
+
+    kept [C], decided [C]: flat channel state; step: index of the current step; budget [len(BUDGET_FEATURES)];
+    action_mask [W]: 1 where an action slot maps to a channel this step.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, layout: EpisodeLayout, cost: CostModel, budget: Budget,
+                 evaluate: Callable[[Mask], float], importance: Sequence[np.ndarray], min_channels: int = 1):
+        self.layout, self.cost, self.budget, self.evaluate = layout, cost, budget, evaluate
+        self.importance = [np.asarray(i, dtype=np.float64) for i in importance]
+        self.min_channels = min_channels
+        self.num_steps = len(layout.steps)
+        self._step_channels = [layout.step_channels(t) for t in range(self.num_steps)]
+        self._offsets = layout.offsets
+        channels, width = layout.num_channels, layout.width
+        self.observation_space = gym.spaces.Dict({
+            "kept": gym.spaces.Box(0.0, 1.0, (channels,), np.float32),
+            "decided": gym.spaces.Box(0.0, 1.0, (channels,), np.float32),
+            "step": gym.spaces.Box(0, self.num_steps, (1,), np.int64),
+            "budget": gym.spaces.Box(-np.inf, np.inf, (len(BUDGET_FEATURES),), np.float32),
+            "action_mask": gym.spaces.MultiBinary(width),
+        })
+        self.action_space = gym.spaces.MultiBinary(width)
+        cost.check_feasible(budget)
+        self._min_counts = np.asarray(cost.min_counts)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.kept = np.zeros(self.layout.num_channels, dtype=bool)
+        self.decided = np.zeros(self.layout.num_channels, dtype=bool)
+        return self._observation(), {}
+
+    def step(self, action):
+        channels = self._step_channels[self.t]
+        keep = np.asarray(action[: len(channels)]).astype(bool)  # Tianshou passes floats 0./1.
+        self.kept[channels] = keep
+        self.decided[channels] = True
+        forced = self._enforce_min_channels(self.layout.steps[self.t])
+        self.t += 1
+        if self.t < self.num_steps:
+            return self._observation(), 0.0, False, False, self._info()
+        return self._finish(forced)
+
+    def _finish(self, forced: int):
+        agent_mask = self._mask(self.kept)
+        agent_ratio = self.cost.ratio(self.budget.metric, agent_mask.counts)
+        overshoot = max(0.0, agent_ratio - self.budget.ratio)
+        mask = remove_to_budget(agent_mask, self.cost, self.budget, self.importance, self.min_channels)
+        accuracy = self.evaluate(mask)
+        final_flags = np.concatenate([mask.keep_flags(g).numpy() for g in range(len(self.layout.sizes))])
+        self.kept = final_flags
+        info = self._info(
+            search_top1=accuracy, overshoot=overshoot, agent_cost_ratio=agent_ratio,
+            cost_ratio=self.cost.ratio(self.budget.metric, mask.counts),
+            repaired_channels=int(sum(agent_mask.counts) - sum(mask.counts)) + forced, kept_flags=final_flags,
+        )
+        return self._observation(), 0.0, True, False, info
+
+    def _enforce_min_channels(self, step_groups: Sequence[int]) -> int:
+        """Keep the most important channels of any group left below the minimum; returns how many."""
+        forced = 0
+        for g in step_groups:
+            flat = slice(self._offsets[g], self._offsets[g] + self.layout.sizes[g])
+            missing = min(self.min_channels, self.layout.sizes[g]) - int(self.kept[flat].sum())
+            if missing > 0:
+                candidates = [i for i in np.argsort(-self.importance[g]) if not self.kept[flat][i]]
+                self.kept[self._offsets[g] + np.asarray(candidates[:missing])] = True
+                forced += missing
+        return forced
+
+    def _mask(self, flags: np.ndarray) -> Mask:
+        return Mask.from_keep_flags(np.split(flags, self._offsets[1:]))
+
+    def _counts_now(self, undecided_at: np.ndarray) -> np.ndarray:
+        """Kept counts per group: decided groups as decided, the others at `undecided_at`."""
+        counts = np.add.reduceat(self.kept.astype(np.int64), self._offsets)
+        decided_groups = np.add.reduceat(self.decided.astype(np.int64), self._offsets) > 0
+        return np.where(decided_groups, counts, undecided_at)
+
+    def _observation(self) -> dict:
+        full = np.asarray(self.layout.sizes)
+        ratio_now = self.cost.ratio(self.budget.metric, self._counts_now(full))
+        ratio_min = self.cost.ratio(self.budget.metric, self._counts_now(self._min_counts))
+        decided = self.decided.sum()
+        budget = np.array([
+            self.budget.ratio, ratio_now, ratio_min, ratio_now - self.budget.ratio, self.t / self.num_steps,
+            self.kept.sum() / decided if decided else 1.0,
+        ], dtype=np.float32)
+        action_mask = np.zeros(self.action_space.n, dtype=np.int8)
+        if self.t < self.num_steps:
+            action_mask[: len(self._step_channels[self.t])] = 1
+        return {
+            "kept": self.kept.astype(np.float32), "decided": self.decided.astype(np.float32),
+            "step": np.array([self.t], dtype=np.int64), "budget": budget, "action_mask": action_mask,
+        }
+
+    def _info(self, **final) -> dict:
+        # The same keys at every step, so Tianshou can stack infos into its buffer.
+        info = {"search_top1": np.nan, "overshoot": 0.0, "agent_cost_ratio": np.nan, "cost_ratio": np.nan,
+                "repaired_channels": 0, "kept_flags": np.zeros(self.layout.num_channels, dtype=bool)}
+        info.update(final)
+        return info

@@ -1,0 +1,167 @@
+"""The agent's networks: a GATv2 encoder over the network graph, a per-channel keep head, a graph critic.
+
+The static graph (features, edges) lives here as buffers; each observation only carries the dynamic state
+(kept / decided per channel, budget features, step). No Python loop over nodes or states anywhere.
+The `mlp` encoder ablation replaces message passing by per-node layers, on the same code path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GATv2Conv
+
+from graphprune.graph import NetworkGraph
+from graphprune.methods.gat_ppo.env import BUDGET_FEATURES, EpisodeLayout
+
+PADDED_LOGIT = -1e4  # not -inf: log-prob and entropy of padded slots must stay finite (Tianshou pitfall 6)
+ENCODERS = ("gat", "mlp")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    encoder: str = "gat"
+    hidden: int = 32
+    heads: int = 2
+    layers: int = 2
+
+    def __post_init__(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+
+
+class IndependentBernoulli(torch.distributions.Independent):
+    """Joint distribution of independent keep bits [B, W]; `mode` is defined at p = 0.5 (Bernoulli's is NaN)."""
+
+    def __init__(self, logits: Tensor):
+        super().__init__(torch.distributions.Bernoulli(logits=logits), 1)
+
+    @property
+    def mode(self) -> Tensor:
+        return (self.base_dist.logits > 0).float()
+
+
+class GraphEncoder(nn.Module):
+    """Node embeddings of a batch of states of one network graph.
+
+    forward(obs) -> (h [B, N, H], budget [B, K]) where obs holds kept [B, C], decided [B, C], budget [B, K].
+
+    Two parts, so that a PPO minibatch of B states costs one attention pass, not B:
+    - static: `layers` GATv2 layers (multi-head, edge attributes) over the graph's static features, computed
+      once per call for all states (the graph is the same network in every state);
+    - dynamic: the state (kept, decided, budget left) diffused over the same edges for `layers` rounds of mean
+      aggregation (one sparse product for the whole batch), so each node sees the decisions around it.
+    A node's embedding is an MLP of both. The `mlp` ablation drops message passing from both parts.
+    """
+
+    def __init__(self, graph: NetworkGraph, settings: PolicySettings):
+        super().__init__()
+        data = graph.data
+        static = data.x.float().clone()
+        static[:, graph.dynamic_columns] = 0.0  # the state enters through the dynamic path only
+        self.register_buffer("x_static", static)  # [N, F]
+        self.register_buffer("edge_index", data.edge_index.long().clone())  # [2, E]
+        self.register_buffer("edge_attr", data.edge_attr.float().clone())  # [E, A]
+        self.register_buffer("mean_adjacency", _mean_adjacency(data.edge_index, graph.num_nodes))  # sparse [N, N]
+        self.num_channels = graph.num_channel_nodes
+        self.num_nodes = graph.num_nodes
+        self.encoder = settings.encoder
+        self.rounds = settings.layers if settings.encoder == "gat" else 0
+        hidden = settings.hidden
+        self.input = nn.Sequential(nn.Linear(data.x.shape[1], hidden), nn.ELU())
+        if settings.encoder == "gat":
+            self.layers = nn.ModuleList(
+                GATv2Conv(hidden, hidden // settings.heads, heads=settings.heads, edge_dim=data.edge_attr.shape[1])
+                for _ in range(settings.layers)
+            )
+        else:
+            self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(settings.layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(settings.layers))
+        dynamic_width = (2 + len(BUDGET_FEATURES)) * (self.rounds + 1)
+        self.combine = nn.Sequential(nn.Linear(hidden + dynamic_width, hidden), nn.ELU(), nn.LayerNorm(hidden))
+
+    def static_embedding(self) -> Tensor:
+        """[N, H]: attention over the static graph (per-node layers for the `mlp` encoder)."""
+        h = self.input(self.x_static)
+        for layer, norm in zip(self.layers, self.norms, strict=True):
+            update = layer(h, self.edge_index, self.edge_attr) if self.encoder == "gat" else layer(h)
+            h = norm(h + nn.functional.elu(update))  # residual keeps the node's own features in view
+        return h
+
+    def forward(self, obs) -> tuple[Tensor, Tensor]:
+        device = self.x_static.device
+        kept = torch.as_tensor(obs.kept, dtype=torch.float32, device=device)  # [B, C]
+        decided = torch.as_tensor(obs.decided, dtype=torch.float32, device=device)  # [B, C]
+        budget = torch.as_tensor(obs.budget, dtype=torch.float32, device=device)  # [B, K]
+        batch = kept.shape[0]
+        state = torch.zeros(batch, self.num_nodes, 2, device=device)
+        state[:, : self.num_channels, 0] = kept
+        state[:, : self.num_channels, 1] = decided
+        state = torch.cat([state, budget[:, None, :].expand(-1, self.num_nodes, -1)], dim=-1)  # [B, N, D]
+        views = [state]
+        for _ in range(self.rounds):
+            flat = views[-1].permute(1, 0, 2).reshape(self.num_nodes, -1)  # [N, B*D]
+            spread = torch.sparse.mm(self.mean_adjacency, flat)
+            views.append(spread.reshape(self.num_nodes, batch, -1).permute(1, 0, 2))
+        h_static = self.static_embedding()[None].expand(batch, -1, -1)  # [B, N, H]
+        return self.combine(torch.cat([h_static, *views], dim=-1)), budget
+
+
+def _mean_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
+    """Row-normalised adjacency (mean over in-neighbours, self-loop included) as a sparse [N, N] tensor."""
+    loops = torch.arange(num_nodes)
+    rows = torch.cat([edge_index[1], loops])
+    cols = torch.cat([edge_index[0], loops])
+    degree = torch.bincount(rows, minlength=num_nodes).float()
+    values = 1.0 / degree[rows]
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_nodes, num_nodes)).coalesce()
+
+
+class KeepActor(nn.Module):
+    """Keep logits of the channels decided at the current step: forward(obs) -> (logits [B, W], state).
+
+    The output bias starts at logit(sqrt(budget)): keeping a fraction k of every layer's inputs and outputs
+    keeps about k^2 of the FLOPs, so first samples land near the budget instead of at 50% of the channels.
+    """
+
+    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int):
+        super().__init__()
+        self.encoder = encoder
+        width = layout.width
+        slots = np.full((len(layout.steps), width), -1, dtype=np.int64)
+        for t in range(len(layout.steps)):
+            nodes = layout.step_channels(t)  # channel node ids equal flat channel indices
+            slots[t, : len(nodes)] = nodes
+        self.register_buffer("slot_nodes", torch.as_tensor(slots))  # [T, W], -1 = padding
+        self.head = nn.Sequential(nn.Linear(hidden + len(BUDGET_FEATURES), hidden), nn.ELU(), nn.Linear(hidden, 1))
+        keep = min(max(math.sqrt(budget_ratio), 0.05), 0.95)
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.constant_(self.head[-1].bias, math.log(keep / (1 - keep)))
+
+    def forward(self, obs, state=None, info=None) -> tuple[Tensor, None]:
+        h, budget = self.encoder(obs)  # [B, N, H], [B, K]
+        step = torch.as_tensor(obs.step, device=h.device).long().reshape(-1)
+        step = step.clamp(max=self.slot_nodes.shape[0] - 1)  # the terminal observation is never acted on
+        nodes = self.slot_nodes[step]  # [B, W]
+        valid = nodes >= 0
+        chosen = torch.gather(h, 1, nodes.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))  # [B, W, H]
+        features = torch.cat([chosen, budget[:, None, :].expand(-1, chosen.shape[1], -1)], dim=-1)
+        logits = self.head(features).squeeze(-1)  # [B, W]
+        return logits.masked_fill(~valid, PADDED_LOGIT), state
+
+
+class GraphCritic(nn.Module):
+    """State value from a mean + max readout of the node embeddings and the budget features: [B, 1]."""
+
+    def __init__(self, encoder: GraphEncoder, hidden: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.Linear(2 * hidden + len(BUDGET_FEATURES), hidden), nn.ELU(), nn.Linear(hidden, 1))
+
+    def forward(self, obs, state=None, info=None) -> Tensor:
+        h, budget = self.encoder(obs)
+        return self.head(torch.cat([h.mean(1), h.amax(1), budget], dim=-1))

@@ -1,0 +1,94 @@
+"""Terminal rewards of the pruning agent, computed from the search accuracy of each finished episode.
+
+Rewards are computed in the training loop, in episode order, not inside the environments: the
+self-competition record must be one record shared by all parallel environments (and saved for resume).
+
+- `self_competition` (default): r = clip((a - b) / s, -c, c), with b the agent's own reference (its best
+  feasible accuracy so far, or a high quantile of its recent accuracies) and s the spread of recent
+  accuracies (standard deviation, floored), so beating the record is rewarded and the signal keeps its scale
+  when most samples fall below it (a fixed small s saturated and the policy collapsed; METHOD.md).
+- `ranked`: the percentile of a among the last K accuracies, mapped to [-1, 1].
+- `absolute`: a itself; PPO's advantage normalisation acts as the baseline.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+REWARDS = ("self_competition", "ranked", "absolute")
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    kind: str = "self_competition"
+    reference: str = "quantile"  # "best" | "quantile" (self_competition)
+    quantile: float = 0.9
+    window: int = 256  # recent accuracies kept for the spread, quantile and rank
+    spread_floor: float = 0.005
+    clip: float = 3.0
+
+    def __post_init__(self):
+        if self.kind not in REWARDS:
+            raise ValueError(f"reward kind must be one of {REWARDS}, got {self.kind!r}")
+        if self.reference not in ("best", "quantile"):
+            raise ValueError(f"reward reference must be 'best' or 'quantile', got {self.reference!r}")
+
+
+class SelfCompetitionReward:
+    """Turns accuracies into rewards against the agent's own record; `state_dict` for exact resume."""
+
+    def __init__(self, settings: RewardSettings):
+        self.settings = settings
+        self.recent: deque[float] = deque(maxlen=settings.window)
+        self.best = float("-inf")
+
+    def __call__(self, accuracy: float) -> float:
+        """Reward of one finished (repaired, hence feasible) episode; then record it."""
+        reward = self._score(accuracy)
+        self.recent.append(accuracy)
+        self.best = max(self.best, accuracy)
+        return reward
+
+    def _score(self, accuracy: float) -> float:
+        s = self.settings
+        if s.kind == "absolute":
+            return accuracy
+        if not self.recent:  # nothing to compete against yet
+            return 0.0
+        history = np.fromiter(self.recent, dtype=float)
+        if s.kind == "ranked":
+            below = (history < accuracy).mean() + 0.5 * (history == accuracy).mean()
+            return float(2.0 * below - 1.0)
+        reference = self.best if s.reference == "best" else float(np.quantile(history, s.quantile))
+        spread = max(float(history.std()), s.spread_floor)
+        return float(np.clip((accuracy - reference) / spread, -s.clip, s.clip))
+
+    def state_dict(self) -> dict:
+        return {"recent": list(self.recent), "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent = deque(state["recent"], maxlen=self.settings.window)
+        self.best = float(state["best"])
+
+
+@dataclass
+class LagrangeMultiplier:
+    """Dual ascent on the budget constraint E[overshoot] <= tolerance (PPO-Lagrangian).
+
+    overshoot = max(0, cost ratio of the agent's own mask - budget ratio), measured before repair; the
+    penalty `value * overshoot` is subtracted from the episode's reward.
+    """
+
+    value: float = 0.0
+    lr: float = 0.5
+    tolerance: float = 0.0
+    max_value: float = 100.0
+
+    def update(self, overshoots: np.ndarray) -> float:
+        if len(overshoots):
+            step = self.lr * (float(np.mean(overshoots)) - self.tolerance)
+            self.value = float(np.clip(self.value + step, 0.0, self.max_value))
+        return self.value

@@ -1,0 +1,186 @@
+"""The heuristic comparison systems of METHOD.md section 3: random, random_search, l1_uniform, global_bn, depgraph.
+
+Each turns (trained model, budget) into a mask meeting the budget, with the shared arithmetic of `base`:
+a uniform keep ratio by bisection (`random`, `l1_uniform`), a global ranking dropped to the budget
+(`global_bn`, `depgraph`), or random per-group ratios scored by the search evaluator (`random_search`).
+Channel scores are read from the model's weights; nothing here trains, changes or evaluates the model itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from graphprune.cost import Budget
+from graphprune.errors import GraphpruneError
+from graphprune.methods.base import (
+    MethodContext,
+    MethodResult,
+    NoSettings,
+    PruningMethod,
+    keep_top,
+    largest_scaled_counts,
+    random_channels,
+    register,
+    remove_to_budget,
+)
+from graphprune.pruning import ChannelGroups, GroupMember, build_dependency_graph
+
+_FILTER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # layers whose weight rows are output-channel filters
+
+
+@register("random")
+class RandomUniform(PruningMethod):
+    """The same keep ratio in every group (the largest that meets the budget), channels drawn at random."""
+
+    def choose(self, context: MethodContext, budget: Budget, settings: NoSettings) -> MethodResult:
+        counts = largest_scaled_counts(context.cost, budget, np.ones(len(context.groups)))
+        mask = random_channels(counts, context.groups.sizes, np.random.default_rng(context.seed))
+        return MethodResult(mask, {"notes": "uniform keep ratio, random channels"})
+
+
+@register("l1_uniform")
+class L1Uniform(PruningMethod):
+    """The same keep ratio in every group (the largest that meets the budget), keeping the filters of largest
+    L1 norm (Li et al. 2017). See `filter_l1_scores` for coupled groups."""
+
+    def choose(self, context: MethodContext, budget: Budget, settings: NoSettings) -> MethodResult:
+        counts = largest_scaled_counts(context.cost, budget, np.ones(len(context.groups)))
+        mask = keep_top(filter_l1_scores(context.model, context.groups), counts)
+        return MethodResult(mask, {"notes": "uniform keep ratio, largest filter L1 norms kept"})
+
+
+@register("global_bn")
+class GlobalBatchNorm(PruningMethod):
+    """Network slimming style: one global ranking of BN |gamma|, lowest removed until the budget is met
+    exactly. See `bn_gamma_scores` for coupled groups and groups without BN."""
+
+    def choose(self, context: MethodContext, budget: Budget, settings: NoSettings) -> MethodResult:
+        scores = bn_gamma_scores(context.model, context.groups)
+        mask = remove_to_budget(context.groups.full_mask(), context.cost, budget, scores)
+        return MethodResult(mask, {"notes": "global BN |gamma| ranking, removed to the budget"})
+
+
+@register("depgraph")
+class DepGraph(PruningMethod):
+    """Torch-Pruning's group magnitude importance (DepGraph, Fang et al. 2023), ranked globally and removed to
+    the budget. See `depgraph_scores`."""
+
+    def choose(self, context: MethodContext, budget: Budget, settings: NoSettings) -> MethodResult:
+        scores = depgraph_scores(context.model, context.groups)
+        mask = remove_to_budget(context.groups.full_mask(), context.cost, budget, scores)
+        return MethodResult(mask, {"notes": "Torch-Pruning GroupMagnitudeImportance (p=2, mean), global ranking"})
+
+
+@dataclass(frozen=True)
+class RandomSearchSettings:
+    """num_masks: masks scored (set it to the number the RL agent evaluated: the equal-budget control).
+    min_ratio: per-group keep ratios are drawn uniformly from [min_ratio, 1] before scaling to the budget."""
+
+    num_masks: int = 100
+    min_ratio: float = 0.05
+
+    def __post_init__(self):
+        if self.num_masks < 1 or not (0.0 < self.min_ratio <= 1.0):
+            raise GraphpruneError(
+                f"random_search needs num_masks >= 1 and min_ratio in (0, 1], got {self.num_masks}, {self.min_ratio}"
+            )
+
+
+@register("random_search")
+class RandomSearch(PruningMethod):
+    """Random per-group keep ratios, scaled to the budget, random channels; the best of `num_masks` by search
+    accuracy (first found wins ties)."""
+
+    settings_type = RandomSearchSettings
+    needs_evaluator = True
+
+    def choose(self, context: MethodContext, budget: Budget, settings: RandomSearchSettings) -> MethodResult:
+        rng = np.random.default_rng(context.seed)
+        sizes = context.groups.sizes
+        best_mask, best_accuracy, accuracies = None, -np.inf, []
+        for _ in range(settings.num_masks):
+            ratios = rng.uniform(settings.min_ratio, 1.0, size=len(sizes))
+            mask = random_channels(largest_scaled_counts(context.cost, budget, ratios), sizes, rng)
+            accuracy = float(context.evaluator(mask))
+            accuracies.append(accuracy)
+            if accuracy > best_accuracy:
+                best_mask, best_accuracy = mask, accuracy
+        return MethodResult(best_mask, {
+            "masks_evaluated": settings.num_masks, "best_search_top1": best_accuracy,
+            "mean_search_top1": float(np.mean(accuracies)),
+            "notes": f"best of {settings.num_masks} random per-group ratio masks by search accuracy",
+        })
+
+
+# -------------------------------------------------------------------------------------------- channel scores
+
+
+def filter_l1_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
+    """Per group, [size]: the L1 norm of each channel's filters, summed over every conv/linear layer that writes
+    the group's channels (the root alone for a plain layer; all convs feeding a residual add for a coupled
+    group; the expand conv and the depthwise conv of a MobileNet block)."""
+    modules = dict(model.named_modules())
+    scores = []
+    for group in groups.groups:
+        total = np.zeros(group.size)
+        for member in _out_members(group.members, modules, _FILTER_TYPES):
+            weight = modules[member.module].weight.detach()
+            total += _per_root_sum(member, weight.abs().flatten(1).sum(1))
+        scores.append(total)
+    return scores
+
+
+def bn_gamma_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
+    """Per group, [size]: |gamma| of the batch norm writing the channel (the mean over them where several BNs
+    write a coupled group, e.g. a residual stream). Groups without an affine BN fall back to their filter L1
+    norms divided by the group's mean and scaled to the network's mean |gamma|, so they rank in the middle."""
+    modules = dict(model.named_modules())
+    l1 = filter_l1_scores(model, groups)
+    gammas: list[np.ndarray | None] = []
+    for group in groups.groups:
+        bns = [m for m in _out_members(group.members, modules, (nn.modules.batchnorm._BatchNorm,)) if modules[m.module].affine]
+        if not bns:
+            gammas.append(None)
+            continue
+        total = sum(_per_root_sum(m, modules[m.module].weight.detach().abs()) for m in bns)
+        gammas.append(total / len(bns))
+    known = [g for g in gammas if g is not None]
+    typical_gamma = float(np.mean(np.concatenate(known))) if known else 1.0
+    return [
+        gamma if gamma is not None else l1[g] / max(float(l1[g].mean()), 1e-12) * typical_gamma
+        for g, gamma in enumerate(gammas)
+    ]
+
+
+def depgraph_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
+    """Per group, [size]: Torch-Pruning's `GroupMagnitudeImportance` (L2 norm over every coupled parameter
+    slice, in and out, averaged over the group's layers, divided by the group's mean), computed on the full
+    group as DepGraph's global pruning does."""
+    graph = build_dependency_graph(model, groups.input_shape)
+    modules = dict(model.named_modules())
+    importance = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+    scores = []
+    with torch.no_grad():
+        for group in groups.groups:
+            root = modules[group.root]
+            pruning_fn = graph.get_pruner_of_module(root).prune_out_channels
+            tp_group = graph.get_pruning_group(root, pruning_fn, idxs=list(range(group.size)))
+            scores.append(importance(tp_group).detach().cpu().double().numpy())
+    return scores
+
+
+def _out_members(members: tuple[GroupMember, ...], modules: dict, types: tuple[type, ...]) -> list[GroupMember]:
+    return [m for m in members if m.kind == "out" and isinstance(modules[m.module], types)]
+
+
+def _per_root_sum(member: GroupMember, values: torch.Tensor) -> np.ndarray:
+    """values: [W] per module channel -> [size] per root channel (summed where one maps to several)."""
+    owner = [j for j, idxs in enumerate(member.channels) for _ in idxs]
+    index = [i for idxs in member.channels for i in idxs]
+    per_channel = values.detach().double().cpu().numpy()
+    return np.bincount(owner, weights=per_channel[index], minlength=len(member.channels))

@@ -1,0 +1,139 @@
+"""Search-time accuracy of a mask: masked forward on a fixed subset of the search split, cached by mask.
+
+Every candidate mask gets its own batch-norm statistics from a few fixed training batches before it is scored
+(BN recalibration, on by default): without it every pruned network scores near chance and an accuracy
+reward is noise (METHOD.md, measured notes). The test split is never touched here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from graphprune.pruning import ChannelGroups, ChannelMasker, Mask
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class EvaluatorStats:
+    calls: int = 0
+    cache_hits: int = 0
+    seconds: float = 0.0
+
+    @property
+    def masks_evaluated(self) -> int:
+        return self.calls - self.cache_hits
+
+
+@dataclass
+class SearchEvaluator:
+    """Callable `mask -> top-1 accuracy` on `images`/`labels`, with per-mask BN recalibration.
+
+    images: [S, C, H, W] search images; labels: [S]; calibration: list of [B, C, H, W] training batches.
+    The model is left exactly as it was (hooks removed, BN statistics restored) after every call.
+    """
+
+    model: nn.Module
+    groups: ChannelGroups
+    images: torch.Tensor
+    labels: torch.Tensor
+    calibration: list[torch.Tensor]
+    recalibrate_bn: bool = True
+    batch_size: int = 1024
+    stats: EvaluatorStats = field(default_factory=EvaluatorStats)
+
+    def __post_init__(self):
+        self._cache: dict[str, float] = {}
+        self._bns = [m for m in self.model.modules() if isinstance(m, BN_TYPES)]
+
+    def __call__(self, mask: Mask) -> float:
+        self.stats.calls += 1
+        key = mask.key()
+        if key in self._cache:
+            self.stats.cache_hits += 1
+            return self._cache[key]
+        start = time.perf_counter()
+        was_training = self.model.training
+        saved = [_bn_state(bn) for bn in self._bns] if self.recalibrate_bn else []
+        self.model.eval()
+        try:
+            with ChannelMasker(self.model, self.groups, mask), torch.no_grad():
+                if self.recalibrate_bn:
+                    self._recalibrate()
+                accuracy = self._accuracy()
+        finally:
+            for bn, state in zip(self._bns, saved, strict=False):
+                _restore_bn(bn, state)
+            self.model.train(was_training)
+        self._cache[key] = accuracy
+        self.stats.seconds += time.perf_counter() - start
+        return accuracy
+
+    def _recalibrate(self) -> None:
+        # Fresh cumulative statistics (momentum=None) from the calibration batches; only BN layers in train
+        # mode so dropout and the like stay deterministic.
+        for bn in self._bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        for batch in self.calibration:
+            self.model(batch)
+        for bn in self._bns:
+            bn.eval()
+
+    def _accuracy(self) -> float:
+        correct = 0
+        for start in range(0, len(self.labels), self.batch_size):
+            logits = self.model(self.images[start:start + self.batch_size])
+            correct += (logits.argmax(1) == self.labels[start:start + self.batch_size]).sum().item()
+        return correct / len(self.labels)
+
+
+def _bn_state(bn: nn.Module) -> dict:
+    return {
+        "momentum": bn.momentum,
+        "buffers": {name: buf.clone() for name, buf in bn.named_buffers(recurse=False)},
+    }
+
+
+def _restore_bn(bn: nn.Module, state: dict) -> None:
+    bn.momentum = state["momentum"]
+    for name, buf in bn.named_buffers(recurse=False):
+        buf.copy_(state["buffers"][name])
+
+
+def materialize(dataset: Dataset, count: int | None, batch_size: int, seed: int,
+                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` items of a seeded permutation of `dataset` as tensors ([S, C, H, W], [S]) on `device`.
+
+    Done once per search so that every mask is scored on the very same images (and augmentation, if the
+    dataset has any, is drawn once under the seed).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=generator)
+    if count is not None:
+        order = order[:count]
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        loader = DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False)
+        images, labels = zip(*loader, strict=True)
+    finally:
+        torch.random.set_rng_state(state)
+    return torch.cat(images).to(device), torch.cat(labels).to(device)
+
+
+def build_search_evaluator(model: nn.Module, groups: ChannelGroups, search_set: Dataset, train_set: Dataset,
+                           *, search_images: int | None, calibration_batches: int, calibration_batch_size: int,
+                           recalibrate_bn: bool, seed: int, device: torch.device | str) -> SearchEvaluator:
+    """A SearchEvaluator on a fixed subset of the search split and fixed calibration batches of train data."""
+    images, labels = materialize(search_set, search_images, 1024, seed, device)
+    calibration_count = calibration_batches * calibration_batch_size
+    calibration_images, _ = materialize(train_set, calibration_count, calibration_batch_size, seed + 1, device)
+    calibration = list(calibration_images.split(calibration_batch_size))
+    return SearchEvaluator(model.to(device), groups, images, labels, calibration, recalibrate_bn)

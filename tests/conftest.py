@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny experiments on fake data, so pipeline-shaped tests run in seconds."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from graphprune.config import Experiment, config_from_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# 1x8x8 fake images, 4 classes: the same shapes as digits at a fraction of the cost.
+TINY_EXPERIMENT = {
+    "seed": 3,
+    "dataset": {"name": "fake", "num_samples": 48, "search_size": 16, "in_channels": 1, "input_size": 8,
+                "num_classes": 4},
+    "model": {"name": "resnet20"},
+    "pretrain": {"epochs": 2, "batch_size": 16, "lr": 0.05},
+}
+
+
+def write_config(directory: Path, experiments: dict) -> Path:
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump({"results_dir": str(directory / "results"), "device": "cpu",
+                                    "experiments": experiments}))
+    return path
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def tiny_section() -> dict:
+    """A fresh copy of the tiny experiment's config section, free to modify."""
+    return copy.deepcopy(TINY_EXPERIMENT)
+
+
+@pytest.fixture
+def tiny_experiment() -> Experiment:
+    """The typed `tiny` experiment (fake 1x8x8 data, 4 classes, ResNet-20, 2 epochs)."""
+    return config_from_dict({"experiments": {"tiny": TINY_EXPERIMENT}}).experiment("tiny")
+
+
+@pytest.fixture
+def config_with(tmp_path: Path):
+    """Write a config with the given experiments (name -> section) into tmp_path; returns its path."""
+    return lambda experiments: write_config(tmp_path, experiments)
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    """A config file with one experiment, `tiny`, writing its results under tmp_path/results."""
+    return write_config(tmp_path, {"tiny": TINY_EXPERIMENT})

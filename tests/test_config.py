@@ -1,0 +1,102 @@
+import os
+import re
+
+import pytest
+import yaml
+from snakemake.utils import validate as snakemake_validate
+
+from graphprune.config import (
+    SCHEMA_PATH,
+    config_from_dict,
+    load_config,
+    stable_hash,
+    validate,
+    write_resolved_config,
+)
+from graphprune.data import KNOWN_DATASETS
+from graphprune.errors import GraphpruneError
+from graphprune.models import ModelSpec
+
+
+def minimal_config(**experiment_changes):
+    experiment = {"dataset": {"name": "digits"}, "model": {"name": "resnet20"}, "pretrain": {"epochs": 3}}
+    return {"experiments": {"exp": {**experiment, **experiment_changes}}}
+
+
+def test_default_config_loads_with_defaults_filled(repo_root):
+    config = load_config(repo_root / "config.yaml")
+    assert (config.results_dir, config.device) == ("results", "auto")
+    experiment = config.experiment("digits-resnet20")
+    assert experiment.model == ModelSpec("resnet20", num_classes=10, in_channels=1, input_size=8)
+    assert experiment.dataset.root == "data" and experiment.dataset.search_size == 300
+    assert experiment.pretrain.momentum == 0.9 and experiment.pretrain.milestones == ()
+
+
+def test_package_and_snakemake_read_the_same_schema_and_fill_the_same_defaults(repo_root):
+    workflow_schema = repo_root / "workflow" / "schemas" / "config.schema.yaml"
+    assert os.path.islink(workflow_schema) and os.path.samefile(workflow_schema, SCHEMA_PATH)
+    by_snakemake = minimal_config()
+    snakemake_validate(by_snakemake, schema=str(workflow_schema))
+    assert validate(minimal_config(), "#", "config") == by_snakemake
+    assert by_snakemake["experiments"]["exp"]["pretrain"]["batch_size"] == 128
+
+
+def test_schema_lists_exactly_the_loadable_datasets():
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    assert tuple(schema["$defs"]["dataset"]["properties"]["name"]["enum"]) == KNOWN_DATASETS
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dataset": {"name": "foo"}},
+         "config: experiments.exp.dataset.name: 'foo' is not one of ['digits', 'cifar10', 'cifar100'"),
+        ({"pretrain": {"epochs": 3, "lr": -1}}, "experiments.exp.pretrain.lr: -1 is less than or equal to"),
+        ({"pretrain": {"lr": 0.1}}, "experiments.exp.pretrain: 'epochs' is a required property"),
+        ({"pretrain": {"epochs": 3, "epoch": 4}},
+         "experiments.exp.pretrain: Additional properties are not allowed ('epoch' was unexpected)"),
+        ({"pretrain": {"epochs": 3, "schedule": "linear"}}, "'linear' is not one of ['cosine', 'step']"),
+    ],
+)
+def test_bad_config_names_the_key(changes, message):
+    with pytest.raises(GraphpruneError, match=re.escape(message)):
+        config_from_dict(minimal_config(**changes))
+
+
+def test_input_is_not_modified():
+    data = minimal_config()
+    config_from_dict(data)
+    assert data == minimal_config()
+
+
+def test_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(GraphpruneError, match="no experiment 'other'; known experiments: exp"):
+        config_from_dict(minimal_config()).experiment("other")
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(GraphpruneError, match="absent.yaml does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("experiments: [unclosed")
+    with pytest.raises(GraphpruneError, match="broken.yaml is not valid YAML"):
+        load_config(broken)
+
+
+def test_pretrain_hash_tracks_what_changes_the_baseline():
+    def pretrain_hash(**changes):
+        return config_from_dict(minimal_config(**changes)).experiment("exp").pretrain_hash
+
+    base = pretrain_hash()
+    assert base == pretrain_hash(pretrain={"epochs": 3, "momentum": 0.9})  # an explicit default
+    assert base == pretrain_hash(dataset={"name": "digits", "root": "/elsewhere", "download": True})
+    assert base != pretrain_hash(pretrain={"epochs": 4})
+    assert base != pretrain_hash(seed=1)
+    assert base != pretrain_hash(model={"name": "resnet56"})
+    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
+
+
+def test_resolved_config_round_trips(tmp_path):
+    path = write_resolved_config(minimal_config(), tmp_path)
+    assert write_resolved_config(minimal_config(), tmp_path) == path
+    assert load_config(path) == config_from_dict(minimal_config(), source=path)

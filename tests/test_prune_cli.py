@@ -1,0 +1,77 @@
+"""`graphprune prune` end to end: files, metrics within their bounds, checkpoints, and user errors as one line."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from graphprune.checkpoint import save_model
+from graphprune.cli import main
+from graphprune.models import ModelSpec, build_model
+from graphprune.pruning import ChannelGroups, load_mask, load_pruned
+
+DIGITS_FLAGS = ["--model", "resnet20", "--dataset-shape", "1,8,8", "--num-classes", "4"]
+FAST_LATENCY = ["--latency-batch-sizes", "1,16", "--latency-repeats", "3"]
+
+
+def run_prune(*flags: str) -> int:
+    return main(["--quiet", "prune", *flags])
+
+
+def test_prune_writes_a_loadable_network_within_budget(tmp_path):
+    out = tmp_path / "out"
+    assert run_prune(*DIGITS_FLAGS, "--method", "l1_uniform", "--target", "flops0.5", "--out", str(out),
+                     "--onnx", *FAST_LATENCY) == 0
+    assert {p.name for p in out.iterdir()} == {"model.pt", "mask.pt", "model.onnx", "metrics.json"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "l1_uniform" and metrics["target"] == "flops0.5" and metrics["groups"] == 12
+    assert 0.45 < metrics["flops_ratio"] <= 0.5 + 1e-9
+    assert 0 < metrics["params_ratio"] < 1 and metrics["flops"] < metrics["full_flops"]
+    assert metrics["max_abs_diff_masked_vs_pruned"] < 1e-4
+    assert set(metrics["latency"]) == {"1", "16"} and metrics["latency_ratio"] == metrics["latency"]["1"]["ratio"]
+    assert all(v["ratio"] > 0 for v in metrics["latency"].values())
+    assert metrics["onnx_exporter"] in ("torchscript", "dynamo")
+
+    loaded = load_pruned(out / "model.pt")
+    assert loaded.spec == ModelSpec("resnet20", num_classes=4, in_channels=1, input_size=8)
+    assert loaded.meta["method"] == "l1_uniform"
+    groups = ChannelGroups(build_model(loaded.spec), loaded.spec.input_shape)
+    assert load_mask(out / "mask.pt", groups) == loaded.mask
+    assert loaded.model(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+
+
+def test_prune_takes_the_architecture_from_a_checkpoint(tmp_path):
+    spec = ModelSpec("resnet20", num_classes=4, in_channels=1, input_size=8)
+    torch.manual_seed(0)
+    save_model(tmp_path / "baseline.pt", build_model(spec), spec, {"experiment": "test"})
+    out = tmp_path / "out"
+    assert run_prune("--checkpoint", str(tmp_path / "baseline.pt"), "--method", "global_bn", "--target", "params0.3",
+                     "--out", str(out), *FAST_LATENCY) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params_ratio"] <= 0.3 and metrics["checkpoint"].endswith("baseline.pt")
+    assert load_pruned(out / "model.pt").spec == spec
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--method", "global_bn", "--target", "flops0.001"], "budget flops0.001 is impossible.*at least 0.00"),
+    (["--method", "random_search", "--target", "flops0.5"], "random_search .* needs a search evaluator"),
+    (["--method", "magic", "--target", "flops0.5"], "unknown pruning method 'magic'"),
+    (["--method", "l1_uniform", "--target", "flops50"], "malformed budget target"),
+    (["--method", "l1_uniform", "--target", "flops0.5", "--dataset-shape", "1,8,9"], "square inputs"),
+])
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
+    out = tmp_path / "out"
+    assert run_prune(*DIGITS_FLAGS, *flags, "--out", str(out)) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert re.search(message, error.splitlines()[-1]), error
+    assert not (out / "metrics.json").exists()
+
+
+def test_flags_contradicting_the_checkpoint_are_refused(tmp_path, capsys):
+    spec = ModelSpec("resnet20", num_classes=4, in_channels=1, input_size=8)
+    save_model(tmp_path / "baseline.pt", build_model(spec), spec, {})
+    assert run_prune("--checkpoint", str(tmp_path / "baseline.pt"), "--input-size", "32", "--method", "random",
+                     "--target", "flops0.5", "--out", str(tmp_path / "out")) == 2
+    assert "input_size=32 (checkpoint: 8)" in capsys.readouterr().err

@@ -1,0 +1,31 @@
+# Shared by every rule file: config validation (the package's schema), result paths, wildcard constraints.
+import shutil
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from graphprune.config import config_from_dict, write_resolved_config
+from graphprune.paths import ResultPaths
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+# The CLI reads this file: the config exactly as merged here from config.yaml, --configfile and --config.
+RESOLVED_CONFIG = write_resolved_config(config, ".snakemake/graphprune")
+GRAPHPRUNE_CONFIG = config_from_dict(config, source=RESOLVED_CONFIG)
+EXPERIMENTS = list(GRAPHPRUNE_CONFIG.experiments)
+RESULTS = ResultPaths(GRAPHPRUNE_CONFIG.results_dir, "{experiment}")
+# The CLI installed next to the Python running Snakemake, so an un-activated .venv/bin/snakemake works.
+GRAPHPRUNE = shutil.which("graphprune", path=str(Path(sys.executable).parent)) or "graphprune"
+
+
+wildcard_constraints:
+    experiment=r"[^/]+",
+    method=r"[^/]+",
+    target=r"[^/]+",
+
+
+def pretrain_hash(wildcards):
+    """A rule param: Snakemake reruns the job exactly when the experiment's baseline would change."""
+    return GRAPHPRUNE_CONFIG.experiment(wildcards.experiment).pretrain_hash

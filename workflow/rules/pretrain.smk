@@ -1,0 +1,20 @@
+# Train each experiment's baseline network.
+
+
+rule pretrain:
+    output:
+        model=RESULTS.baseline_model(),
+        metrics=RESULTS.baseline_metrics(),
+        history=RESULTS.baseline_history(),
+    params:
+        config_hash=pretrain_hash,
+    log:
+        RESULTS.log("pretrain"),
+    benchmark:
+        RESULTS.benchmark("pretrain")
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=24 * 60,
+    shell:
+        "{GRAPHPRUNE:q} pretrain --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q} > {log:q} 2>&1"
