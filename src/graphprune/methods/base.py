@@ -30,6 +30,9 @@ from graphprune.pruning import ChannelGroups, Mask
 # pays for importing every other (the RL methods pull in torch-geometric and Tianshou).
 METHOD_MODULES: tuple[str, ...] = (
     "graphprune.methods.heuristics",
+    "graphprune.methods.gnnrl",
+    "graphprune.methods.amc",
+    "graphprune.methods.gat_ppo",
 )
 
 # Bisection steps on a continuous scale of keep ratios; 2**-50 is far below one channel of any real network.

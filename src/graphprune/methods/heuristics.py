@@ -124,14 +124,26 @@ def filter_l1_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray
     """Per group, [size]: the L1 norm of each channel's filters, summed over every conv/linear layer that writes
     the group's channels (the root alone for a plain layer; all convs feeding a residual add for a coupled
     group; the expand conv and the depthwise conv of a MobileNet block)."""
+    return _filter_norm_scores(model, groups, p=1)
+
+
+def filter_l2_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
+    """Per group, [size]: the L2 norm of each channel's filters, all the conv/linear layers that write the
+    group's channels taken together as one vector (GNN-RL's `ln_structured(n=2)` ranking, extended to coupled
+    groups as in `filter_l1_scores`)."""
+    return _filter_norm_scores(model, groups, p=2)
+
+
+def _filter_norm_scores(model: nn.Module, groups: ChannelGroups, p: int) -> list[np.ndarray]:
+    """Per group, [size]: the Lp norm of each root channel's filters over every layer that writes it."""
     modules = dict(model.named_modules())
     scores = []
     for group in groups.groups:
         total = np.zeros(group.size)
         for member in _out_members(group.members, modules, _FILTER_TYPES):
             weight = modules[member.module].weight.detach()
-            total += _per_root_sum(member, weight.abs().flatten(1).sum(1))
-        scores.append(total)
+            total += _per_root_sum(member, weight.abs().pow(p).flatten(1).sum(1))
+        scores.append(total if p == 1 else total ** (1.0 / p))
     return scores
 
 

@@ -21,7 +21,7 @@ import torch
 from tianshou.algorithm import PPO
 from tianshou.algorithm.modelfree.reinforce import ProbabilisticActorPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
-from tianshou.data import Collector, VectorReplayBuffer
+from tianshou.data import Batch, Collector, VectorReplayBuffer
 from tianshou.env import DummyVectorEnv, SubprocVectorEnv
 from tianshou.utils.torch_utils import policy_within_training_step
 from tqdm import tqdm
@@ -31,7 +31,13 @@ from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import NetworkGraph
 from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
-from graphprune.methods.gat_ppo.policy import GraphCritic, GraphEncoder, IndependentBernoulli, KeepActor, PolicySettings
+from graphprune.methods.gat_ppo.policy import (
+    GraphCritic,
+    GraphEncoder,
+    IndependentBernoulli,
+    KeepActor,
+    PolicySettings,
+)
 from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
 from graphprune.pruning import Mask
 
@@ -47,7 +53,7 @@ class AgentSettings:
 
     episodes: int = 512
     episodes_per_iteration: int = 32
-    num_envs: int = 4
+    num_envs: int = 8
     vector_env: str = "dummy"  # "dummy" (in-process) | "subprocess"
     episode: str = "per_group"  # "per_group" | "one_shot"
     max_seconds: float | None = None  # stop after this much wall time (checked between iterations)
@@ -59,27 +65,25 @@ class AgentSettings:
     gae_lambda: float = 0.95
     gamma: float = 1.0  # episodic, terminal reward only
     update_repeats: int = 4
-    batch_size: int = 128
+    batch_size: int = 256
     max_grad_norm: float = 0.5
-    lagrange_lr: float = 5.0
+    lagrange_lr: float = 20.0
     lagrange_tolerance: float = 0.01
     policy: PolicySettings = field(default_factory=PolicySettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
 
     def __post_init__(self):
+        # Nested sections arrive as mappings from the config.
+        if isinstance(self.policy, dict):
+            object.__setattr__(self, "policy", PolicySettings(**self.policy))
+        if isinstance(self.reward, dict):
+            object.__setattr__(self, "reward", RewardSettings(**self.reward))
         if self.vector_env not in ("dummy", "subprocess"):
             raise GraphpruneError(f"search.vector_env must be 'dummy' or 'subprocess', got {self.vector_env!r}")
         if self.episode not in ("per_group", "one_shot"):
             raise GraphpruneError(f"search.episode must be 'per_group' or 'one_shot', got {self.episode!r}")
         if self.episodes_per_iteration % self.num_envs:
             raise GraphpruneError("search.episodes_per_iteration must be a multiple of search.num_envs")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AgentSettings:
-        data = dict(data)
-        policy = PolicySettings(**data.pop("policy", {}))
-        reward = RewardSettings(**data.pop("reward", {}))
-        return cls(policy=policy, reward=reward, **data)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +115,7 @@ class GatPpoSearch:
         def make_env() -> PruningEnv:
             return PruningEnv(self.layout, cost, budget, evaluate, importance, min_channels)
 
+        self.make_env = make_env
         vector_env = DummyVectorEnv if settings.vector_env == "dummy" else SubprocVectorEnv
         self.envs = vector_env([make_env for _ in range(settings.num_envs)])
         torch.manual_seed(seed)
@@ -118,6 +123,7 @@ class GatPpoSearch:
         actor = KeepActor(encoder, self.layout, budget.ratio, settings.policy.hidden)
         critic = GraphCritic(encoder, settings.policy.hidden)
         probe = make_env()
+        self.encoder = encoder
         policy = ProbabilisticActorPolicy(
             actor=actor, dist_fn=IndependentBernoulli, action_space=probe.action_space,
             observation_space=probe.observation_space, deterministic_eval=True, action_scaling=False,
@@ -140,11 +146,12 @@ class GatPpoSearch:
         self.mask_keys: set[str] = set()  # distinct masks evaluated (the equal-budget N for random_search)
         self.best: tuple[float, list[list[int]]] | None = None  # (search accuracy, kept indices)
         self.seconds = 0.0
-        self.timing = {"collect": 0.0, "update": 0.0}
+        self.timing = {"collect": 0.0, "update": 0.0, "env_step": 0.0, "evaluation": 0.0}
         self.stop_reason = ""
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    def run(self) -> SearchResult:
+    def run(self, stop_after_iterations: int | None = None) -> SearchResult:
+        """Search until a stop criterion; `stop_after_iterations` simulates an interruption (tests)."""
         self._resume()
         s = self.settings
         iterations = -(-s.episodes // s.episodes_per_iteration)
@@ -161,6 +168,9 @@ class GatPpoSearch:
                 best_iteration = self.iteration
             progress.update(1)
             progress.set_postfix(best=f"{self.best[0]:.4f}", lam=f"{self.multiplier.value:.2f}")
+            if stop_after_iterations is not None and self.iteration >= stop_after_iterations:
+                self.stop_reason = "interrupted"
+                break
             if s.max_seconds is not None and self.seconds >= s.max_seconds:
                 self.stop_reason = f"wall time {s.max_seconds}s"
                 break
@@ -169,8 +179,23 @@ class GatPpoSearch:
                 break
         progress.close()
         self.stop_reason = self.stop_reason or "episodes"
-        self.envs.close()
         return self._result()
+
+    def close(self) -> None:
+        self.envs.close()
+
+    def greedy_mask(self) -> tuple[Mask, float]:
+        """Run one episode with the policy's most likely actions: (repaired mask, its search accuracy)."""
+        env = self.make_env()
+        obs, _ = env.reset()
+        done, info = False, {}
+        with torch.no_grad():
+            while not done:
+                batch = Batch(obs=Batch({key: value[None] for key, value in obs.items()}), info={})
+                action = self.algorithm.policy(batch).act[0]
+                obs, _, done, _, info = env.step(np.asarray(action))
+        flags = np.asarray(info["kept_flags"], dtype=bool)
+        return Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:])), float(info["search_top1"])
 
     def _iterate(self) -> None:
         s = self.settings
@@ -181,8 +206,14 @@ class GatPpoSearch:
             overshoots = self._assign_rewards()
             self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size, repeat=s.update_repeats)
         self.collector.reset_buffer(keep_statistics=False)
+        self.encoder.forget_static()
         self.timing["collect"] += t1 - t0
         self.timing["update"] += time.perf_counter() - t1
+        # Environments count their own time (they may live in subprocesses); fold it in and restart.
+        self.timing["env_step"] += float(sum(self.envs.get_env_attr("step_seconds")))
+        self.timing["evaluation"] += float(sum(self.envs.get_env_attr("eval_seconds")))
+        self.envs.set_env_attr("step_seconds", 0.0)
+        self.envs.set_env_attr("eval_seconds", 0.0)
         self.multiplier.update(np.asarray(overshoots))
         self.iteration += 1
 
@@ -252,8 +283,16 @@ class GatPpoSearch:
             raise GraphpruneError("the search ran no episode; raise search.episodes")
         accuracy, kept = self.best
         mask = Mask(tuple(self.layout.sizes), tuple(tuple(k) for k in kept))
+        t = self.timing
+        total = t["collect"] + t["update"]
         record = {
             "stop_reason": self.stop_reason, "iterations": self.iteration,
+            "episodes_per_second": len(self.log_rows) / max(total, 1e-9),
+            "time_share": {  # of the search loop's wall time
+                "evaluation": t["evaluation"] / total if total else 0.0,
+                "environment_bookkeeping": (t["env_step"] - t["evaluation"]) / total if total else 0.0,
+                "policy_and_updates": (total - t["env_step"]) / total if total else 0.0,
+            },
             "multiplier": self.multiplier.value, "timing_seconds": dict(self.timing),
             "repaired_episodes": sum(1 for r in self.log_rows if r["repaired_channels"] > 0),
         }

@@ -13,6 +13,7 @@ keeps the replay buffer small.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -84,12 +85,14 @@ class PruningEnv(gym.Env):
             "kept": gym.spaces.Box(0.0, 1.0, (channels,), np.float32),
             "decided": gym.spaces.Box(0.0, 1.0, (channels,), np.float32),
             "step": gym.spaces.Box(0, self.num_steps, (1,), np.int64),
-            "budget": gym.spaces.Box(-np.inf, np.inf, (len(BUDGET_FEATURES),), np.float32),
+            "budget": gym.spaces.Box(-1.0, 1.0, (len(BUDGET_FEATURES),), np.float32),  # ratios and differences
             "action_mask": gym.spaces.MultiBinary(width),
         })
         self.action_space = gym.spaces.MultiBinary(width)
         cost.check_feasible(budget)
         self._min_counts = np.asarray(cost.min_counts)
+        self.step_seconds = 0.0  # everything inside step(), evaluation included
+        self.eval_seconds = 0.0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -99,6 +102,13 @@ class PruningEnv(gym.Env):
         return self._observation(), {}
 
     def step(self, action):
+        start = time.perf_counter()
+        try:
+            return self._step(action)
+        finally:
+            self.step_seconds += time.perf_counter() - start
+
+    def _step(self, action):
         channels = self._step_channels[self.t]
         keep = np.asarray(action[: len(channels)]).astype(bool)  # Tianshou passes floats 0./1.
         self.kept[channels] = keep
@@ -114,7 +124,9 @@ class PruningEnv(gym.Env):
         agent_ratio = self.cost.ratio(self.budget.metric, agent_mask.counts)
         overshoot = max(0.0, agent_ratio - self.budget.ratio)
         mask = remove_to_budget(agent_mask, self.cost, self.budget, self.importance, self.min_channels)
+        start = time.perf_counter()
         accuracy = self.evaluate(mask)
+        self.eval_seconds += time.perf_counter() - start
         final_flags = np.concatenate([mask.keep_flags(g).numpy() for g in range(len(self.layout.sizes))])
         self.kept = final_flags
         info = self._info(
@@ -164,7 +176,8 @@ class PruningEnv(gym.Env):
 
     def _info(self, **final) -> dict:
         # The same keys at every step, so Tianshou can stack infos into its buffer.
-        info = {"search_top1": np.nan, "overshoot": 0.0, "agent_cost_ratio": np.nan, "cost_ratio": np.nan,
+        # -1 marks "not finished yet" (not NaN, which compares unequal to itself).
+        info = {"search_top1": -1.0, "overshoot": 0.0, "agent_cost_ratio": -1.0, "cost_ratio": -1.0,
                 "repaired_channels": 0, "kept_flags": np.zeros(self.layout.num_channels, dtype=bool)}
         info.update(final)
         return info

@@ -35,10 +35,23 @@ class PolicySettings:
 
 
 class IndependentBernoulli(torch.distributions.Independent):
-    """Joint distribution of independent keep bits [B, W]; `mode` is defined at p = 0.5 (Bernoulli's is NaN)."""
+    """Independent keep bits [B, W] of one step, with two changes to the plain joint distribution:
+
+    - `log_prob` and `entropy` are the *mean* over the step's real (unpadded) bits, not the sum. With the sum,
+      PPO's ratio is a product over up to W bits, so its clip lets each bit move by only about eps/W per
+      update and a 64-channel group barely learns (Tianshou pitfall 7); the mean clips per bit instead.
+    - `mode` is defined at p = 0.5 (Bernoulli's is NaN there).
+    """
 
     def __init__(self, logits: Tensor):
         super().__init__(torch.distributions.Bernoulli(logits=logits), 1)
+        self._real_bits = (logits > PADDED_LOGIT / 2).sum(-1).clamp(min=1)  # [B]
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.base_dist.log_prob(value).sum(-1) / self._real_bits
+
+    def entropy(self) -> Tensor:
+        return self.base_dist.entropy().sum(-1) / self._real_bits
 
     @property
     def mode(self) -> Tensor:
@@ -83,16 +96,48 @@ class GraphEncoder(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(settings.layers))
         dynamic_width = (2 + len(BUDGET_FEATURES)) * (self.rounds + 1)
         self.combine = nn.Sequential(nn.Linear(hidden + dynamic_width, hidden), nn.ELU(), nn.LayerNorm(hidden))
+        self.dynamic_width = dynamic_width
+        self._static_cache: Tensor | None = None
 
     def static_embedding(self) -> Tensor:
-        """[N, H]: attention over the static graph (per-node layers for the `mlp` encoder)."""
+        """[N, H]: attention over the static graph (per-node layers for the `mlp` encoder).
+
+        Without gradients (collecting episodes) the result is reused until `forget_static()`, which the
+        training loop calls after each update: it depends on the weights only, not on the state.
+        """
+        if torch.is_grad_enabled():
+            self._static_cache = None
+            return self._attend()
+        if self._static_cache is None:
+            self._static_cache = self._attend()
+        return self._static_cache
+
+    def forget_static(self) -> None:
+        self._static_cache = None
+
+    def _attend(self) -> Tensor:
         h = self.input(self.x_static)
         for layer, norm in zip(self.layers, self.norms, strict=True):
             update = layer(h, self.edge_index, self.edge_attr) if self.encoder == "gat" else layer(h)
             h = norm(h + nn.functional.elu(update))  # residual keeps the node's own features in view
         return h
 
-    def forward(self, obs) -> tuple[Tensor, Tensor]:
+    def forward(self, obs, nodes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Embeddings of `nodes` ([B, W] node ids per state; all nodes when None): ([B, W or N, H], budget [B, K]).
+
+        Only the requested nodes go through the combining MLP: the actor needs the W channels of the step.
+        """
+        dynamic, budget = self.state_views(obs)
+        static = self.static_embedding()  # [N, H]
+        if nodes is None:
+            joined = torch.cat([static[None].expand(dynamic.shape[0], -1, -1), dynamic], dim=-1)
+        else:
+            picked = torch.gather(dynamic, 1, nodes[..., None].expand(-1, -1, dynamic.shape[-1]))  # [B, W, D']
+            joined = torch.cat([static[nodes], picked], dim=-1)
+        return self.combine(joined), budget
+
+    def state_views(self, obs) -> tuple[Tensor, Tensor]:
+        """The state diffused over the graph: ([B, N, D'] = kept, decided, budget after 0..rounds hops, [B, K])."""
         device = self.x_static.device
         kept = torch.as_tensor(obs.kept, dtype=torch.float32, device=device)  # [B, C]
         decided = torch.as_tensor(obs.decided, dtype=torch.float32, device=device)  # [B, C]
@@ -107,8 +152,7 @@ class GraphEncoder(nn.Module):
             flat = views[-1].permute(1, 0, 2).reshape(self.num_nodes, -1)  # [N, B*D]
             spread = torch.sparse.mm(self.mean_adjacency, flat)
             views.append(spread.reshape(self.num_nodes, batch, -1).permute(1, 0, 2))
-        h_static = self.static_embedding()[None].expand(batch, -1, -1)  # [B, N, H]
-        return self.combine(torch.cat([h_static, *views], dim=-1)), budget
+        return torch.cat(views, dim=-1), budget
 
 
 def _mean_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
@@ -143,25 +187,28 @@ class KeepActor(nn.Module):
         nn.init.constant_(self.head[-1].bias, math.log(keep / (1 - keep)))
 
     def forward(self, obs, state=None, info=None) -> tuple[Tensor, None]:
-        h, budget = self.encoder(obs)  # [B, N, H], [B, K]
-        step = torch.as_tensor(obs.step, device=h.device).long().reshape(-1)
+        step = torch.as_tensor(obs.step, device=self.slot_nodes.device).long().reshape(-1)
         step = step.clamp(max=self.slot_nodes.shape[0] - 1)  # the terminal observation is never acted on
         nodes = self.slot_nodes[step]  # [B, W]
         valid = nodes >= 0
-        chosen = torch.gather(h, 1, nodes.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))  # [B, W, H]
+        chosen, budget = self.encoder(obs, nodes.clamp(min=0))  # [B, W, H], [B, K]
         features = torch.cat([chosen, budget[:, None, :].expand(-1, chosen.shape[1], -1)], dim=-1)
         logits = self.head(features).squeeze(-1)  # [B, W]
         return logits.masked_fill(~valid, PADDED_LOGIT), state
 
 
 class GraphCritic(nn.Module):
-    """State value from a mean + max readout of the node embeddings and the budget features: [B, 1]."""
+    """State value from a readout of the graph: mean + max over nodes of the static embedding and of the
+    diffused state, plus the budget features: [B, 1]. Pooling before the MLP keeps it O(B * N * D')."""
 
     def __init__(self, encoder: GraphEncoder, hidden: int):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Sequential(nn.Linear(2 * hidden + len(BUDGET_FEATURES), hidden), nn.ELU(), nn.Linear(hidden, 1))
+        width = 2 * hidden + 2 * encoder.dynamic_width + len(BUDGET_FEATURES)
+        self.head = nn.Sequential(nn.Linear(width, hidden), nn.ELU(), nn.Linear(hidden, 1))
 
     def forward(self, obs, state=None, info=None) -> Tensor:
-        h, budget = self.encoder(obs)
-        return self.head(torch.cat([h.mean(1), h.amax(1), budget], dim=-1))
+        dynamic, budget = self.encoder.state_views(obs)  # [B, N, D'], [B, K]
+        static = self.encoder.static_embedding()  # [N, H]
+        pooled_static = torch.cat([static.mean(0), static.amax(0)])[None].expand(dynamic.shape[0], -1)
+        return self.head(torch.cat([pooled_static, dynamic.mean(1), dynamic.amax(1), budget], dim=-1))

@@ -1,0 +1,56 @@
+"""`gat_ppo`: the paper's method (METHOD.md section 2) behind the common PruningMethod interface.
+
+env.py is the CMDP, policy.py the GAT actor/critic, reward.py the self-competition reward and Lagrange
+multiplier, agent.py the PPO training loop. This module only wires them to a MethodContext.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from graphprune.cost import Budget
+from graphprune.errors import GraphpruneError
+from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
+from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
+from graphprune.methods.heuristics import filter_l1_scores
+
+
+@register("gat_ppo")
+class GatPpo(PruningMethod):
+    """PPO agent with a GATv2 policy over the network graph, binary keep decisions per channel."""
+
+    settings_type = AgentSettings
+    needs_evaluator = True
+
+    def choose(self, context: MethodContext, budget: Budget, settings: AgentSettings) -> MethodResult:
+        if context.graph is None:
+            raise GraphpruneError("gat_ppo needs the network graph; run `graphprune graph` first")
+        if context.out_dir is None:
+            raise GraphpruneError("gat_ppo needs an output folder for its checkpoint and search log")
+        graph = context.graph
+        if tuple(graph.group_sizes) != context.groups.sizes:
+            raise GraphpruneError("the graph was built for another network; rebuild it with `graphprune graph`")
+        order = torch.argsort(graph.root_layer_nodes).tolist()  # groups in topological order
+        search = GatPpoSearch(
+            graph, order, context.cost, budget, context.evaluator, repair_scores(context), settings,
+            seed=context.seed, out_dir=context.out_dir, min_channels=context.groups.min_channels,
+        )
+        try:
+            result = search.run()
+            _, greedy_top1 = search.greedy_mask()
+        finally:
+            search.close()
+        record = {"masks_evaluated": result.masks_evaluated, "episodes": result.episodes,
+                  "search_top1": result.search_top1, "greedy_policy_search_top1": greedy_top1,
+                  "notes": f"stopped on {result.record['stop_reason']}", **result.record}
+        return MethodResult(result.mask, record)
+
+
+def repair_scores(context: MethodContext) -> list[np.ndarray]:
+    """Filter L1 norms divided by their group's mean, so the global ranking compares like with like.
+
+    Repair drops the least important kept channels by these static scores: Tianshou hands the environment
+    only the sampled bits, not the policy's logits.
+    """
+    return [s / max(float(s.mean()), 1e-12) for s in filter_l1_scores(context.model, context.groups)]

@@ -1,0 +1,77 @@
+"""What the per-group-ratio RL baselines (`gnnrl`, `amc`) share: a mask from kept counts per group (the best
+channels of each group by a fixed score), its search accuracy once per distinct mask, the best feasible mask
+found so far, and a seeded scope for the global random generators that Tianshou draws from.
+
+Nothing here learns, and nothing here scores a mask over the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from graphprune.cost import Budget, CostModel
+from graphprune.methods.base import keep_top
+from graphprune.pruning import Mask
+
+
+class ScoredMasks:
+    """Masks from kept counts, scored on the search split; remembers the best (the first found wins ties).
+
+    channel_scores: one array per group, [size] each; group g keeps its `counts[g]` highest-scoring channels.
+    """
+
+    def __init__(self, cost: CostModel, budget: Budget, channel_scores: Sequence[np.ndarray],
+                 evaluator: Callable[[Mask], float]):
+        self.cost, self.budget, self.evaluator = cost, budget, evaluator
+        self.channel_scores = [np.asarray(s, dtype=np.float64) for s in channel_scores]
+        self.best_mask: Mask | None = None
+        self.best_accuracy = -np.inf
+        self.accuracies: list[float] = []  # one per call, in order
+        self._distinct: set[str] = set()
+
+    def mask(self, counts: Sequence[int] | np.ndarray) -> Mask:
+        return keep_top(self.channel_scores, [int(c) for c in counts])
+
+    def score(self, counts: Sequence[int] | np.ndarray) -> float:
+        """Search accuracy (in [0, 1]) of the mask keeping `counts`, which must meet the budget."""
+        if not self.cost.meets(self.budget, counts):
+            raise ValueError(f"counts {list(counts)} exceed the budget {self.budget}; only feasible masks are scored")
+        mask = self.mask(counts)
+        accuracy = float(self.evaluator(mask))
+        self._distinct.add(mask.key())
+        self.accuracies.append(accuracy)
+        if accuracy > self.best_accuracy:
+            self.best_mask, self.best_accuracy = mask, accuracy
+        return accuracy
+
+    @property
+    def masks_evaluated(self) -> int:
+        """Distinct masks scored: the equal-budget N for `random_search`."""
+        return len(self._distinct)
+
+    def best_keep_ratios(self) -> list[float]:
+        """Kept fraction per group of the best mask, rounded for the record."""
+        if self.best_mask is None:
+            return []
+        return [round(c / s, 4) for c, s in zip(self.best_mask.counts, self.best_mask.sizes, strict=True)]
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed torch's and numpy's global generators for the block and restore them afterwards.
+
+    Tianshou samples actions from torch's global generator and minibatches from numpy's, so seeding them is
+    what makes a search reproducible; restoring them leaves the caller's random streams untouched.
+    """
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)

@@ -1,0 +1,242 @@
+"""The paper's agent: environment contract, rewards, repair, exact resume, and that it learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from torch import nn
+
+from graphprune.cost import CostModel, parse_target
+from graphprune.graph import build_graph
+from graphprune.methods.base import MethodContext, get_method
+from graphprune.methods.gat_ppo import repair_scores
+from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
+from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
+from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
+from graphprune.pruning import ChannelGroups, Mask
+from graphprune.search_eval import SearchEvaluator
+
+INPUT_SHAPE = (1, 8, 8)
+USELESS = slice(0, 6)  # planted dead channels in every conv layer of the toy network
+
+
+class ToyNet(nn.Module):
+    """Three plain conv layers of 12 channels: three channel groups, no coupling."""
+
+    def __init__(self):
+        super().__init__()
+        layers, cin = [], 1
+        for _ in range(3):
+            layers += [nn.Conv2d(cin, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU()]
+            cin = 12
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def planted_toy():
+    """A random ToyNet whose channels 0-5 of every layer are dead (zero filter, gamma and beta), and a search
+    evaluator whose labels are the full network's predictions: removing dead channels costs nothing."""
+    torch.manual_seed(0)
+    model = ToyNet().eval()
+    with torch.no_grad():
+        for module in model.features:
+            if isinstance(module, nn.Conv2d):
+                module.weight[USELESS] = 0
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight[USELESS] = 0
+                module.bias[USELESS] = 0
+                module.weight[6:].uniform_(0.5, 1.5)
+        model.fc.weight.mul_(10.0)  # make every live channel sway the prediction
+        model.fc.bias.zero_()
+        images = torch.randn(256, *INPUT_SHAPE)
+        labels = model(images).argmax(1)
+    groups = ChannelGroups(model, INPUT_SHAPE)
+    cost = CostModel(model, groups)
+    evaluator = SearchEvaluator(model, groups, images, labels, [images[:128]], recalibrate_bn=False)
+    graph = build_graph(model, groups, cost, images[:32])
+    return model, groups, cost, evaluator, graph
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return planted_toy()
+
+
+def make_env(toy, target="flops0.5", layout=None):
+    model, groups, cost, evaluator, graph = toy
+    layout = layout or EpisodeLayout.per_group(groups.sizes, range(len(groups)))
+    context = MethodContext(model, groups, cost, graph, evaluator)
+    return PruningEnv(layout, cost, parse_target(target), evaluator, repair_scores(context))
+
+
+def test_env_passes_gymnasium_checker(toy):
+    check_env(make_env(toy), skip_render_check=True)
+
+
+def test_env_episode_ends_with_a_feasible_mask_and_reports_overshoot(toy):
+    _, groups, cost, _, _ = toy
+    env = make_env(toy, "flops0.3")
+    env.reset(seed=0)
+    done, steps = False, 0
+    while not done:
+        _, reward, done, _, info = env.step(np.ones(env.action_space.n))  # keep everything: far over budget
+        steps += 1
+        assert reward == 0.0
+    assert steps == len(groups)
+    flags = np.split(info["kept_flags"], np.cumsum(groups.sizes)[:-1])
+    mask = Mask.from_keep_flags(flags)
+    assert cost.meets(parse_target("flops0.3"), mask.counts)
+    assert info["overshoot"] == pytest.approx(1.0 - 0.3)
+    assert info["repaired_channels"] > 0
+    assert 0.0 <= info["search_top1"] <= 1.0
+
+
+def test_min_channels_are_forced(toy):
+    env = make_env(toy)
+    env.reset()
+    for _ in range(len(toy[1])):
+        _, _, done, _, info = env.step(np.zeros(env.action_space.n))  # prune everything
+    assert done
+    counts = [int(f.sum()) for f in np.split(info["kept_flags"], np.cumsum(toy[1].sizes)[:-1])]
+    assert min(counts) >= 1
+
+
+def test_one_shot_layout_decides_everything_in_one_step(toy):
+    _, groups, _, _, _ = toy
+    layout = EpisodeLayout.one_shot(groups.sizes, range(len(groups)))
+    env = make_env(toy, layout=layout)
+    env.reset()
+    assert env.action_space.n == sum(groups.sizes)
+    _, _, done, _, _ = env.step(np.ones(env.action_space.n))
+    assert done
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_repair_always_meets_the_budget(toy, seed):
+    _, groups, cost, _, _ = toy
+    rng = np.random.default_rng(seed)
+    for target in ("flops0.5", "flops0.3", "params0.2"):
+        env = make_env(toy, target)
+        env.reset()
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(rng.integers(0, 2, env.action_space.n))
+        mask = Mask.from_keep_flags(np.split(info["kept_flags"], np.cumsum(groups.sizes)[:-1]))
+        assert cost.meets(parse_target(target), mask.counts)
+
+
+def test_self_competition_reward_arithmetic():
+    reward = SelfCompetitionReward(RewardSettings(kind="self_competition", reference="best", spread_floor=0.01,
+                                                  clip=3.0))
+    assert reward(0.5) == 0.0  # nothing to compete against yet
+    assert reward(0.6) == pytest.approx(3.0)  # (0.6 - 0.5) / floored spread 0.01 = 10, clipped to 3
+    # history [0.5, 0.6]: std 0.05, best 0.6
+    assert reward(0.62) == pytest.approx((0.62 - 0.6) / 0.05)
+    assert reward.best == pytest.approx(0.62)
+
+
+def test_self_competition_quantile_reference():
+    reward = SelfCompetitionReward(RewardSettings(reference="quantile", quantile=0.5, spread_floor=1e-6))
+    for a in (0.1, 0.2, 0.3):
+        reward(a)
+    history = np.array([0.1, 0.2, 0.3])
+    assert reward(0.4) == pytest.approx((0.4 - np.quantile(history, 0.5)) / history.std())
+
+
+def test_ranked_and_absolute_rewards():
+    ranked = SelfCompetitionReward(RewardSettings(kind="ranked"))
+    for a in (0.1, 0.2, 0.3, 0.4):
+        ranked(a)
+    assert ranked(0.5) == pytest.approx(1.0)
+    assert ranked(0.0) == pytest.approx(-1.0)
+    assert ranked(0.25) == pytest.approx(0.0)  # history 0.1 0.2 0.3 0.4 0.5 0.0: half below
+    absolute = SelfCompetitionReward(RewardSettings(kind="absolute"))
+    assert absolute(0.7) == 0.7 and absolute(0.2) == 0.2
+
+
+def test_reward_state_round_trip():
+    reward = SelfCompetitionReward(RewardSettings())
+    for a in (0.3, 0.5, 0.4):
+        reward(a)
+    copy = SelfCompetitionReward(RewardSettings())
+    copy.load_state_dict(reward.state_dict())
+    assert copy(0.45) == reward(0.45)
+
+
+def test_lagrange_multiplier_dual_ascent():
+    multiplier = LagrangeMultiplier(lr=10.0, tolerance=0.01)
+    assert multiplier.update(np.array([0.11, 0.11])) == pytest.approx(1.0)
+    assert multiplier.update(np.array([0.0])) == pytest.approx(0.9)
+    assert LagrangeMultiplier(value=0.0, lr=1.0, tolerance=0.5).update(np.array([0.0])) == 0.0  # never negative
+
+
+def small_settings(**overrides) -> AgentSettings:
+    base = dict(episodes=64, episodes_per_iteration=16, num_envs=4, update_repeats=2, batch_size=64)
+    base.update(overrides)
+    return AgentSettings(**base)
+
+
+def run_search(toy, out_dir, settings, stop_after=None, target="flops0.5"):
+    model, groups, cost, evaluator, graph = toy
+    context = MethodContext(model, groups, cost, graph, evaluator)
+    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target(target), evaluator,
+                          repair_scores(context), settings, seed=3, out_dir=out_dir)
+    try:
+        return search, search.run(stop_after_iterations=stop_after)
+    finally:
+        search.close()
+
+
+def test_interrupted_search_resumes_exactly(toy, tmp_path):
+    settings = small_settings(episodes=48)
+    _, whole = run_search(toy, tmp_path / "whole", settings)
+    run_search(toy, tmp_path / "resumed", settings, stop_after=1)
+    first_part = pd.read_csv(tmp_path / "resumed" / "log.csv")
+    assert len(first_part) == 16
+    _, resumed = run_search(toy, tmp_path / "resumed", settings)
+    expected = pd.read_csv(tmp_path / "whole" / "log.csv")
+    got = pd.read_csv(tmp_path / "resumed" / "log.csv")
+    pd.testing.assert_frame_equal(got, expected)
+    assert resumed.mask == whole.mask
+
+
+def test_resume_refuses_other_settings(toy, tmp_path):
+    run_search(toy, tmp_path, small_settings(episodes=16))
+    with pytest.raises(Exception, match="other settings"):
+        run_search(toy, tmp_path, small_settings(episodes=16, lr=0.01))
+
+
+def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path):
+    model, groups, cost, evaluator, graph = toy
+    context = MethodContext(model, groups, cost, graph, evaluator, seed=0, out_dir=tmp_path)
+    result = get_method("gat_ppo").search(context, parse_target("flops0.3"), small_settings(episodes=32).to_dict())
+    assert cost.meets(parse_target("flops0.3"), result.mask.counts)
+    assert result.record["episodes"] == 32
+    assert 1 <= result.record["masks_evaluated"] <= 32
+    assert (tmp_path / "log.csv").exists() and (tmp_path / "agent.pt").exists()
+    shares = result.record["time_share"]
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("encoder", ["gat", "mlp"])
+def test_agent_learns_to_prune_planted_dead_channels(toy, tmp_path, encoder):
+    """Half the channels of every layer are dead. At a budget that forces pruning about a third of them, the
+    trained policy's own (greedy) choice must remove dead channels far more often than live ones; a random
+    choice removes both at the same rate."""
+    settings = small_settings(episodes=256, episodes_per_iteration=32, num_envs=8, lr=3e-3,
+                              policy={"encoder": encoder})
+    search, _ = run_search(toy, tmp_path, settings, target="flops0.5")
+    mask, _ = search.greedy_mask()
+    dead_pruned, live_pruned = [], []
+    for g in range(len(mask.sizes)):
+        kept = mask.keep_flags(g).numpy()
+        dead_pruned.append(1 - kept[USELESS].mean())
+        live_pruned.append(1 - kept[6:].mean())
+    assert np.mean(dead_pruned) >= 0.6
+    assert np.mean(live_pruned) <= 0.15
