@@ -11,9 +11,16 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/graph.smk"
+include: "workflow/rules/search.smk"
 
 
 rule all:
     input:
         expand(RESULTS.baseline_metrics(), experiment=EXPERIMENTS),
         expand(RESULTS.graph(), experiment=EXPERIMENTS),
+        [
+            RESULTS.mask(method, target).format(experiment=name)
+            for name, experiment in GRAPHPRUNE_CONFIG.experiments.items()
+            for method in experiment.methods
+            for target in experiment.targets
+        ],

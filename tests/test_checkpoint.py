@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from graphprune.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint, load_model, save_model
+from graphprune.checkpoint import (
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    load_model,
+    save_model,
+)
 from graphprune.errors import GraphpruneError
 from graphprune.models import ModelSpec, build_model
 

@@ -19,6 +19,7 @@ COMMANDS = (
     "graphprune.commands.pretrain",
     "graphprune.commands.graph",
     "graphprune.commands.prune",
+    "graphprune.commands.search",
 )
 
 

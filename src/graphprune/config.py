@@ -34,14 +34,42 @@ LOCATION_KEYS = ("root", "download")
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    """The `search` section of an experiment: shared by every method (see the schema for meanings)."""
+
+    min_channels: int
+    search_images: int | None
+    recalibrate_bn: bool
+    calibration_batches: int
+    calibration_batch_size: int
+    methods: Mapping[str, Mapping[str, Any]]  # method name -> its own settings
+
+
+@dataclass(frozen=True)
 class Experiment:
-    """One experiment: a dataset, a model and how to train it."""
+    """One experiment: a dataset, a model, how to train it, and how to prune and fine-tune it."""
 
     name: str
     seed: int
     dataset: DatasetSettings
     model: ModelSpec  # classes, channels and input size follow the dataset
     pretrain: TrainRecipe
+    targets: tuple[str, ...]
+    methods: tuple[str, ...]
+    search: SearchSettings
+    finetune: TrainRecipe
+
+    def method_settings(self, method: str) -> dict[str, Any]:
+        return dict(self.search.methods.get(method, {}))
+
+    def search_hash(self, method: str) -> str:
+        """Changes exactly when a method's masks would change (baseline, shared search settings, its own)."""
+        shared = {k: v for k, v in asdict(self.search).items() if k != "methods"}
+        return stable_hash({"baseline": self.pretrain_hash, "search": shared, "method": method,
+                            "settings": self.method_settings(method)})
+
+    def finetune_hash(self, method: str) -> str:
+        return stable_hash({"search": self.search_hash(method), "finetune": asdict(self.finetune)})
 
     @property
     def dataset_info(self) -> DatasetInfo:
@@ -146,7 +174,24 @@ def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
         input_size=info.input_size,
         weights=raw["model"]["weights"],
     )
-    return Experiment(name, raw["seed"], dataset, model, TrainRecipe.from_dict(raw["pretrain"]))
+    _check_methods(name, raw["methods"], raw["search"]["methods"])
+    return Experiment(
+        name, raw["seed"], dataset, model, TrainRecipe.from_dict(raw["pretrain"]), tuple(raw["targets"]),
+        tuple(raw["methods"]), SearchSettings(**raw["search"]), TrainRecipe.from_dict(raw["finetune"]),
+    )
+
+
+def _check_methods(experiment: str, methods: list[str], settings: Mapping[str, Any]) -> None:
+    """Method names must be in the registry: one source of truth, so the schema does not repeat the list."""
+    from graphprune.methods.base import available_methods  # registry lookup imports the method modules
+
+    known = available_methods()
+    for where, names in (("methods", methods), ("search.methods", list(settings))):
+        unknown = [m for m in names if m not in known]
+        if unknown:
+            raise GraphpruneError(
+                f"experiments.{experiment}.{where}: unknown method {unknown[0]!r}; choose from {', '.join(known)}"
+            )
 
 
 @functools.cache

@@ -32,6 +32,13 @@ _CHANNEL_LAYER_TYPES = (*_CONV_TYPES, nn.Linear, *_BN_TYPES)
 # The trace marks pruned channels with NaN; these layers mix channels, so they read the marks and then see
 # zeros (a NaN input channel would otherwise spoil every output channel).
 _CHANNEL_MIXING_TYPES = (*_CONV_TYPES, nn.Linear)
+# The counter's per-layer formulas this module reproduces (see `_flops_form`); any other priced layer
+# (recurrent, attention) is refused when the model runs it.
+_REPRODUCED_COUNTERS = (
+    op_counter.conv_flops_counter_hook, op_counter.linear_flops_counter_hook, op_counter.bn_flops_counter_hook,
+    op_counter.ln_flops_counter_hook, op_counter.pool_flops_counter_hook, op_counter.relu_flops_counter_hook,
+    op_counter.upsample_flops_counter_hook, op_counter.empty_flops_counter_hook,
+)
 # Upper bound on input elements per traced batch, to keep the trace's memory moderate on big inputs.
 _TRACE_BATCH_ELEMENTS = 2**23
 
@@ -191,10 +198,11 @@ class CostModel:
         """Raise GraphpruneError if even the minimum channels per group exceed `budget`."""
         smallest = self.ratio(budget.metric, self.min_counts)
         if smallest > budget.ratio:
+            achievable = math.ceil(smallest * 10_000) / 10_000  # rounded up, so the suggestion is feasible
             raise GraphpruneError(
                 f"budget {budget} is impossible: keeping {self.groups.min_channels} channel(s) per group leaves "
-                f"{smallest:.4f} of the {budget.metric} (the layers outside any group and the classifier stay "
-                f"whole); choose a ratio of at least {smallest:.4f} or lower min_channels"
+                f"{smallest:.6f} of the {budget.metric} (the layers outside any group and the classifier stay "
+                f"whole); choose a ratio of at least {achievable:.4f} or lower min_channels"
             )
 
 
@@ -221,6 +229,11 @@ def _trace_layer_calls(model: nn.Module, groups: ChannelGroups) -> list[_LayerCa
 
     def before(name: str, module: nn.Module):
         def hook(_module, inputs):
+            if name in counted and op_counter.MODULES_MAPPING[type(module)] not in _REPRODUCED_COUNTERS:
+                raise GraphpruneError(
+                    f"cost model: cannot price {type(module).__name__} ({name}); it supports convolutional "
+                    "networks (conv, linear, norms, activations, pools, upsampling)"
+                )
             x = inputs[0]
             pending_inputs[name].append((tuple(x.shape[1:]), _nan_extent(x, _channel_dim(module))))
             if isinstance(module, _CHANNEL_MIXING_TYPES):
@@ -388,11 +401,7 @@ def _flops_form(model: nn.Module, calls: list[_LayerCall], sizes: np.ndarray) ->
             form.add(1, in_elements)
         elif counter in (op_counter.relu_flops_counter_hook, op_counter.upsample_flops_counter_hook):
             form.add(1, out_elements)
-        elif counter is not op_counter.empty_flops_counter_hook:
-            raise GraphpruneError(
-                f"cost model: cannot price {type(module).__name__} ({call.name}); it supports convolutional "
-                "networks (conv, linear, norms, activations, pools, upsampling)"
-            )
+        # The remaining reproduced counter, empty_flops_counter_hook, adds nothing; the trace refused others.
     return form
 
 

@@ -49,6 +49,9 @@ class ResultPaths:
     def search_dir(self, method: str, target: str) -> str:
         return posixpath.join(self.method_dir(method, target), "search")
 
+    def search_record(self, method: str, target: str) -> str:
+        return posixpath.join(self.search_dir(method, target), "record.json")
+
     def mask(self, method: str, target: str) -> str:
         return posixpath.join(self.method_dir(method, target), "mask.pt")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,8 @@ from graphprune.methods.gat_ppo.policy import (
 from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
 from graphprune.pruning import Mask
 
+log = logging.getLogger(__name__)
+
 LOG_COLUMNS = ("episode", "iteration", "reward", "search_top1", "cost_ratio", "agent_cost_ratio", "overshoot",
                "repaired_channels", "multiplier", "best_search_top1")
 CHECKPOINT_NAME = "agent.pt"
@@ -67,8 +70,8 @@ class AgentSettings:
     update_repeats: int = 4
     batch_size: int = 256
     max_grad_norm: float = 0.5
-    lagrange_lr: float = 20.0
-    lagrange_tolerance: float = 0.01
+    lagrange_lr: float = 5.0
+    lagrange_tolerance: float = 0.0
     policy: PolicySettings = field(default_factory=PolicySettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
 
@@ -186,16 +189,28 @@ class GatPpoSearch:
 
     def greedy_mask(self) -> tuple[Mask, float]:
         """Run one episode with the policy's most likely actions: (repaired mask, its search accuracy)."""
+        mask, accuracy, _ = self._greedy_episode()
+        return mask, accuracy
+
+    def keep_probabilities(self) -> np.ndarray:
+        """[C]: the policy's keep probability of every channel, along its greedy episode."""
+        return self._greedy_episode()[2]
+
+    def _greedy_episode(self) -> tuple[Mask, float, np.ndarray]:
         env = self.make_env()
         obs, _ = env.reset()
         done, info = False, {}
+        probabilities = np.zeros(self.layout.num_channels)
         with torch.no_grad():
-            while not done:
-                batch = Batch(obs=Batch({key: value[None] for key, value in obs.items()}), info={})
-                action = self.algorithm.policy(batch).act[0]
-                obs, _, done, _, info = env.step(np.asarray(action))
+            for t in range(len(self.layout.steps)):
+                out = self.algorithm.policy(Batch(obs=Batch({k: v[None] for k, v in obs.items()}), info={}))
+                channels = self.layout.step_channels(t)
+                probabilities[channels] = torch.sigmoid(out.logits[0, : len(channels)]).cpu().numpy()
+                obs, _, done, _, info = env.step(np.asarray(out.act[0]))
+        assert done, "an episode has one step per entry of the layout"
         flags = np.asarray(info["kept_flags"], dtype=bool)
-        return Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:])), float(info["search_top1"])
+        mask = Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:]))
+        return mask, float(info["search_top1"]), probabilities
 
     def _iterate(self) -> None:
         s = self.settings
@@ -203,7 +218,7 @@ class GatPpoSearch:
         with policy_within_training_step(self.algorithm.policy):
             self.collector.collect(n_episode=s.episodes_per_iteration, reset_before_collect=True)
             t1 = time.perf_counter()
-            overshoots = self._assign_rewards()
+            slacks = self._assign_rewards()
             self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size, repeat=s.update_repeats)
         self.collector.reset_buffer(keep_statistics=False)
         self.encoder.forget_static()
@@ -214,21 +229,23 @@ class GatPpoSearch:
         self.timing["evaluation"] += float(sum(self.envs.get_env_attr("eval_seconds")))
         self.envs.set_env_attr("step_seconds", 0.0)
         self.envs.set_env_attr("eval_seconds", 0.0)
-        self.multiplier.update(np.asarray(overshoots))
+        self.multiplier.update(np.asarray(slacks))
         self.iteration += 1
 
     def _assign_rewards(self) -> list[float]:
-        """Write each finished episode's reward onto its terminal transition, in a fixed order."""
+        """Write each finished episode's reward onto its terminal transition, in a fixed order.
+
+        Returns each episode's budget slack (agent cost ratio - budget), for the multiplier's update."""
         buffer = self.collector.buffer
         valid = buffer.sample_indices(0)  # filled slots only: a reset buffer keeps stale data behind them
         terminal = [int(i) for i in valid[buffer.done[valid]]]
-        overshoots = []
+        slacks = []
         for index in terminal:
             info = buffer.info[index]
             accuracy, overshoot = float(info["search_top1"]), float(info["overshoot"])
             reward = self.reward(accuracy) - self.multiplier.value * overshoot
             buffer.rew[index] = reward
-            overshoots.append(overshoot)
+            slacks.append(float(info["agent_cost_ratio"]) - self.budget.ratio)
             flags = np.asarray(info["kept_flags"], dtype=bool)
             self.mask_keys.add(np.packbits(flags).tobytes().hex())
             if self.best is None or accuracy > self.best[0]:
@@ -241,7 +258,7 @@ class GatPpoSearch:
                 "repaired_channels": int(info["repaired_channels"]), "multiplier": self.multiplier.value,
                 "best_search_top1": self.best[0],
             })
-        return overshoots
+        return slacks
 
     # -- persistence ------------------------------------------------------------------------------------------
     def _checkpoint_path(self) -> Path:
@@ -266,9 +283,8 @@ class GatPpoSearch:
         state = load_checkpoint(path)
         if state.get("settings") != self.settings.to_dict() or state.get("seed") != self.seed \
                 or state.get("budget") != str(self.budget):
-            raise GraphpruneError(
-                f"{path} belongs to a search with other settings; delete {self.out_dir} to start over"
-            )
+            log.warning("%s belongs to a search with other settings: starting over", path)
+            return
         self.algorithm.load_state_dict(state["algorithm"])
         self.reward.load_state_dict(state["reward"])
         self.multiplier.value = float(state["multiplier"])

@@ -76,19 +76,22 @@ class SelfCompetitionReward:
 
 @dataclass
 class LagrangeMultiplier:
-    """Dual ascent on the budget constraint E[overshoot] <= tolerance (PPO-Lagrangian).
+    """Dual ascent on the budget constraint E[cost ratio of the agent's own mask - budget] <= tolerance.
 
-    overshoot = max(0, cost ratio of the agent's own mask - budget ratio), measured before repair; the
-    penalty `value * overshoot` is subtracted from the episode's reward.
+    The penalty `value * overshoot` (overshoot = the positive part, measured before repair) is subtracted from
+    an episode's reward. The multiplier follows the *signed* slack, so it falls again as soon as the agent
+    keeps under budget: driven by the overshoot alone it could only grow, and a large one made the agent
+    prune far below the budget and lose accuracy.
     """
 
     value: float = 0.0
-    lr: float = 0.5
+    lr: float = 5.0
     tolerance: float = 0.0
     max_value: float = 100.0
 
-    def update(self, overshoots: np.ndarray) -> float:
-        if len(overshoots):
-            step = self.lr * (float(np.mean(overshoots)) - self.tolerance)
+    def update(self, slacks: np.ndarray) -> float:
+        """slacks: agent cost ratio - budget ratio of each episode of the last batch (any sign)."""
+        if len(slacks):
+            step = self.lr * (float(np.mean(slacks)) - self.tolerance)
             self.value = float(np.clip(self.value + step, 0.0, self.max_value))
         return self.value

@@ -1,0 +1,100 @@
+"""Run one pruning method for one (experiment, target): the `search` stage of the pipeline.
+
+Loads the trained baseline, its channel groups, cost model, graph and a search-split evaluator, runs the
+method through the common interface, and writes the chosen mask (`mask.pt`) and the search record
+(`search/record.json`, with the mask's search accuracy). Never touches the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graphprune.checkpoint import atomic_write_json, load_model
+from graphprune.config import Config, Experiment
+from graphprune.cost import CostModel, parse_target
+from graphprune.data import load_splits
+from graphprune.errors import GraphpruneError
+from graphprune.graph import NetworkGraph
+from graphprune.methods.base import MethodContext, get_method
+from graphprune.pruning import ChannelGroups, save_mask
+from graphprune.search_eval import SearchEvaluator, build_search_evaluator
+from graphprune.train import resolve_device
+
+log = logging.getLogger(__name__)
+
+# random_search gets as many evaluations as this method's agent made, when both run (the equal-budget control).
+EQUAL_BUDGET_REFERENCE = "gat_ppo"
+
+
+@dataclass
+class PruningSetup:
+    """Everything a method needs for one experiment, built once."""
+
+    experiment: Experiment
+    model: torch.nn.Module
+    groups: ChannelGroups
+    cost: CostModel
+    evaluator: SearchEvaluator
+    graph: NetworkGraph | None
+
+
+def load_setup(config: Config, experiment: Experiment, device: str | None = None) -> PruningSetup:
+    """The baseline of `experiment` with its groups, cost model, evaluator and (if built) graph."""
+    paths = config.paths(experiment.name)
+    checkpoint = load_model(paths.baseline_model())
+    torch_device = resolve_device(device or config.device)
+    model = checkpoint.model.to(torch_device)
+    groups = ChannelGroups(model, checkpoint.spec.input_shape, min_channels=experiment.search.min_channels)
+    cost = CostModel(model, groups)
+    splits = load_splits(experiment.dataset)
+    s = experiment.search
+    evaluator = build_search_evaluator(
+        model, groups, splits.search, splits.train, search_images=s.search_images,
+        calibration_batches=s.calibration_batches, calibration_batch_size=s.calibration_batch_size,
+        recalibrate_bn=s.recalibrate_bn, seed=experiment.seed, device=torch_device,
+    )
+    graph = NetworkGraph.load(paths.graph()) if Path(paths.graph()).exists() else None
+    if graph is not None and tuple(graph.group_sizes) != groups.sizes:
+        raise GraphpruneError(f"{paths.graph()} was built for another network; rerun `graphprune graph`")
+    return PruningSetup(experiment, model, groups, cost, evaluator, graph)
+
+
+def method_settings(config: Config, experiment: Experiment, method: str, target: str) -> dict[str, Any]:
+    """The method's settings from the config, with random_search's evaluation count tied to the agent's."""
+    settings = experiment.method_settings(method)
+    if method == "random_search" and "num_masks" not in settings and EQUAL_BUDGET_REFERENCE in experiment.methods:
+        record = Path(config.paths(experiment.name).search_record(EQUAL_BUDGET_REFERENCE, target))
+        if not record.exists():
+            raise GraphpruneError(
+                f"random_search evaluates as many masks as {EQUAL_BUDGET_REFERENCE}; run that search first "
+                f"({record} is missing) or set search.methods.random_search.num_masks"
+            )
+        settings["num_masks"] = int(json.loads(record.read_text())["masks_evaluated"])
+    return settings
+
+
+def run_search(config: Config, setup: PruningSetup, method: str, target: str) -> dict[str, Any]:
+    """Choose a mask with `method` under `target`; write mask.pt and search/record.json; return the record."""
+    experiment = setup.experiment
+    if method not in experiment.methods:
+        log.warning("method %s is not in experiment %s's methods list", method, experiment.name)
+    paths = config.paths(experiment.name)
+    search_dir = Path(paths.search_dir(method, target))
+    search_dir.mkdir(parents=True, exist_ok=True)
+    budget = parse_target(target)
+    context = MethodContext(setup.model, setup.groups, setup.cost, setup.graph, setup.evaluator,
+                            seed=experiment.seed, out_dir=search_dir)
+    settings = method_settings(config, experiment, method, target)
+    result = get_method(method).search(context, budget, settings)
+    record = {**result.record, "search_top1": setup.evaluator(result.mask), "settings": settings,
+              "kept_per_group": list(result.mask.counts), "group_sizes": list(setup.groups.sizes),
+              "group_roots": list(setup.groups.roots)}
+    save_mask(paths.mask(method, target), result.mask, setup.groups)
+    atomic_write_json(record, paths.search_record(method, target))
+    return record
