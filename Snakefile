@@ -12,15 +12,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/graph.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/report.smk"
 
 
+# The report pulls in every experiment's baseline, graph, masks and fine-tuned networks.
 rule all:
+    default_target: True
     input:
-        expand(RESULTS.baseline_metrics(), experiment=EXPERIMENTS),
-        expand(RESULTS.graph(), experiment=EXPERIMENTS),
-        [
-            RESULTS.mask(method, target).format(experiment=name)
-            for name, experiment in GRAPHPRUNE_CONFIG.experiments.items()
-            for method in experiment.methods
-            for target in experiment.targets
-        ],
+        rules.report.output,

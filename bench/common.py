@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: the machine description and an L1-uniform mask at a budget.
 
-The mask builder is a stand-in for `graphprune.methods.heuristics` (not written yet); benchmarks only.
+The mask is the `l1_uniform` heuristic's, through the common method interface.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from graphprune.cost import Budget, CostModel
+from graphprune.methods.base import MethodContext, get_method
 from graphprune.pruning import ChannelGroups, Mask
 
 
@@ -29,30 +30,6 @@ def machine_summary() -> str:
             f"threads, load average {load}")
 
 
-def root_filter_l1(module: nn.Module) -> torch.Tensor:
-    """L1 norm of each output channel's weights of a group's root layer: [out_channels]."""
-    weight = module.weight.detach()
-    return weight.abs() if weight.dim() == 1 else weight.abs().flatten(1).sum(1)
-
-
 def l1_uniform_mask(model: nn.Module, groups: ChannelGroups, cost: CostModel, budget: Budget) -> Mask:
-    """The same keep fraction in every group, keeping the largest-L1 filters of each root layer; the
-    fraction is the largest that meets `budget`, found by bisection on the analytic cost."""
-    cost.check_feasible(budget)
-    modules = dict(model.named_modules())
-    ranked = [root_filter_l1(modules[g.root]).argsort(descending=True) for g in groups.groups]
-
-    def counts_at(fraction: float) -> list[int]:
-        return [max(low, min(size, round(fraction * size))) for low, size in zip(cost.min_counts, groups.sizes, strict=True)]
-
-    feasible, infeasible = 0.0, 1.0
-    if cost.meets(budget, counts_at(infeasible)):
-        feasible = infeasible
-    for _ in range(40):  # counts change in steps of 1/size, so 40 halvings settle far below any step
-        middle = (feasible + infeasible) / 2
-        if cost.meets(budget, counts_at(middle)):
-            feasible = middle
-        else:
-            infeasible = middle
-    counts = counts_at(feasible)
-    return Mask(groups.sizes, tuple(tuple(sorted(order[:count].tolist())) for order, count in zip(ranked, counts, strict=True)))
+    """The `l1_uniform` heuristic's mask: the same keep fraction in every group, largest-L1 filters kept."""
+    return get_method("l1_uniform").search(MethodContext(model, groups, cost), budget).mask

@@ -20,7 +20,7 @@ from graphprune.pruning import ChannelGroups, prune_model
 
 CASES = [ModelSpec("resnet56", input_size=32), ModelSpec("torchvision:resnet50", num_classes=1000, input_size=224)]
 ANALYTIC_CALLS = 1000
-COUNTER_CALLS = 3
+COUNTER_CALLS = 5
 
 
 def timed(function, calls: int) -> tuple[object, float]:

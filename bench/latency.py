@@ -2,10 +2,12 @@
 
 CIFAR ResNet-56 (32x32) and torchvision ResNet-50 (224x224), L1-uniform masks at flops0.5, physically pruned,
 CPU, batch 1 and 64; both networks timed interleaved in the same run (`measure_latency`).
-Run: `.venv/bin/python bench/latency.py`.
+Run: `.venv/bin/python bench/latency.py [--threads N]` (default: torch's thread count).
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 from common import l1_uniform_mask, machine_summary
@@ -18,13 +20,17 @@ from graphprune.pruning import ChannelGroups, prune_model
 CASES = [
     (ModelSpec("resnet56", input_size=32), 1, 5, 30),
     (ModelSpec("resnet56", input_size=32), 64, 2, 10),
-    (ModelSpec("torchvision:resnet50", num_classes=1000, input_size=224), 1, 2, 10),
+    (ModelSpec("torchvision:resnet50", num_classes=1000, input_size=224), 1, 2, 8),
     (ModelSpec("torchvision:resnet50", num_classes=1000, input_size=224), 64, 1, 3),
 ]
 TARGET = parse_target("flops0.5")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (on a shared machine 1 is steadier)")
+    if (threads := parser.parse_args().threads) is not None:
+        torch.set_num_threads(threads)
     print(f"machine: {machine_summary()}")
     print(f"budget {TARGET}, L1-uniform mask, CPU; latency = median of the timed runs, pruned / unpruned\n")
     header = ("model", "batch", "runs (warmup+timed)", "FLOPs ratio", "params ratio", "unpruned ms", "pruned ms",

@@ -5,17 +5,17 @@ the network's compute cost without data loading. The two models alternate in rou
 median round, which keeps load drifting on a shared machine from favouring either. CUDA rounds use autocast
 (float16), as the training recipe does with `amp: true`.
 
-    .venv/bin/python bench/train_throughput.py [--batch-size 128] [--rounds 5] [--steps 2]
+    .venv/bin/python bench/train_throughput.py [--batch-size 128] [--rounds 5] [--steps 2] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from common import machine_summary
 from torch import nn
 
 from graphprune.models import ModelSpec, build_model
@@ -72,10 +72,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="training steps per round")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} CPU threads, batch {args.batch_size}, 3x32x32")
+    print(f"{machine_summary()}; batch {args.batch_size}, 3x32x32")
     print(f"{'device':<28} {'resnet20 img/s':>15} {'resnet56 img/s':>15} {'ratio 20/56':>12}")
     for device in devices:
         rates = measure(device, args.batch_size, args.rounds, args.steps)

@@ -170,10 +170,11 @@ def test_reward_state_round_trip():
 
 
 def test_lagrange_multiplier_dual_ascent():
-    multiplier = LagrangeMultiplier(lr=10.0)
-    assert multiplier.update(np.array([0.1, 0.1])) == pytest.approx(1.0)  # over budget: rises
-    assert multiplier.update(np.array([-0.05])) == pytest.approx(0.5)  # under budget: falls
-    assert multiplier.update(np.array([-1.0])) == 0.0  # never negative
+    multiplier = LagrangeMultiplier(lr=10.0, tolerance=0.25)
+    assert multiplier.update(np.array([0.1, 0.02, 0.0, 0.0])) == pytest.approx(2.5)  # half over: rises
+    assert multiplier.update(np.array([0.3, 0.0, 0.0, 0.0])) == pytest.approx(2.5)  # at the tolerance: stays
+    assert multiplier.update(np.zeros(4)) == pytest.approx(0.0)  # none over: falls, never below 0
+    assert multiplier.update(np.zeros(4)) == 0.0
 
 
 def small_settings(**overrides) -> AgentSettings:
@@ -235,7 +236,7 @@ def test_agent_learns_to_prune_planted_dead_channels(toy, tmp_path):
     settings = small_settings(episodes=256, episodes_per_iteration=32, num_envs=8, lr=3e-3, update_repeats=10,
                               batch_size=32)
     search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.5"), evaluator,
-                          uninformative, settings, seed=3, out_dir=tmp_path)
+                          uninformative, settings, seed=3, out_dir=tmp_path)  # seeded: the run is exact on CPU
     try:
         search.run()
         keep = search.keep_probabilities().reshape(len(groups), -1)  # [groups, 12]

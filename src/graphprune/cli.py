@@ -19,7 +19,10 @@ COMMANDS = (
     "graphprune.commands.pretrain",
     "graphprune.commands.graph",
     "graphprune.commands.prune",
+    "graphprune.commands.restore",
     "graphprune.commands.search",
+    "graphprune.commands.finetune",
+    "graphprune.commands.report",
 )
 
 

@@ -1,15 +1,20 @@
-"""Accuracy and loss of a classifier on a data split: the one evaluation used by every stage.
+"""Accuracy and loss of a classifier on a data split: the one evaluation used by every stage, and the one
+batch-norm recalibration (search scoring and fine-tuning both give a pruned network fresh BN statistics).
 
-It only measures: no gradients, no parameter changes; the model's train/eval mode is restored afterwards.
+`evaluate` only measures: no gradients, no parameter changes; the model's train/eval mode is restored
+afterwards. `recalibrate_batch_norm` changes BN running statistics and nothing else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TypedDict
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class EvalMetrics(TypedDict):
@@ -41,3 +46,30 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str) -
     if count == 0:
         raise ValueError("cannot evaluate on an empty data split")
     return EvalMetrics(top1=correct_top1 / count, top5=correct_topk / count, loss=loss_sum / count)
+
+
+def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Replace every BN layer's running statistics by the average of its batch statistics over `batches`
+    (`[B, C, H, W]` each, on the model's device; equal-sized batches give the exact mean).
+
+    Pruning (or masking) channels changes what each BN layer sees, so the baseline's statistics no longer
+    fit. Only BN layers run in train mode, so dropout and the like stay deterministic; momenta and train/eval
+    modes are restored afterwards, so a network trained next updates its statistics as usual.
+    """
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES)]
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [bn.momentum for bn in bns]
+    try:
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average: every calibration batch weighs the same
+            bn.train()
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
+        for module, training in modes:
+            module.training = training

@@ -52,6 +52,10 @@ class ResultPaths:
     def search_record(self, method: str, target: str) -> str:
         return posixpath.join(self.search_dir(method, target), "record.json")
 
+    def search_log(self, method: str, target: str) -> str:
+        """Per-episode log of a search, written by the methods that learn (gat_ppo); others write none."""
+        return posixpath.join(self.search_dir(method, target), "log.csv")
+
     def mask(self, method: str, target: str) -> str:
         return posixpath.join(self.method_dir(method, target), "mask.pt")
 
@@ -105,3 +109,19 @@ def figures_dir(root: str) -> str:
 
 def report_html(root: str) -> str:
     return posixpath.join(root, "report.html")
+
+
+# The report's figures by name; each has a caption workflow/report/<name>.rst.
+REPORT_FIGURES = ("accuracy_vs_flops", "search_curves", "kept_channels")
+
+
+def figure(root: str, name: str) -> str:
+    return posixpath.join(figures_dir(root), f"{name}.png")
+
+
+def report_log(logs_root: str = "logs") -> str:
+    return posixpath.join(logs_root, "report.log")
+
+
+def report_benchmark(logs_root: str = "logs") -> str:
+    return posixpath.join(logs_root, "report.benchmark.tsv")

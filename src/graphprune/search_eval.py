@@ -14,9 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from graphprune.evaluate import BN_TYPES, recalibrate_batch_norm
 from graphprune.pruning import ChannelGroups, ChannelMasker, Mask
-
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -64,7 +63,7 @@ class SearchEvaluator:
         try:
             with ChannelMasker(self.model, self.groups, mask), torch.no_grad():
                 if self.recalibrate_bn:
-                    self._recalibrate()
+                    recalibrate_batch_norm(self.model, self.calibration)
                 accuracy = self._accuracy()
         finally:
             for bn, state in zip(self._bns, saved, strict=False):
@@ -73,18 +72,6 @@ class SearchEvaluator:
         self._cache[key] = accuracy
         self.stats.seconds += time.perf_counter() - start
         return accuracy
-
-    def _recalibrate(self) -> None:
-        # Fresh cumulative statistics (momentum=None) from the calibration batches; only BN layers in train
-        # mode so dropout and the like stay deterministic.
-        for bn in self._bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-            bn.train()
-        for batch in self.calibration:
-            self.model(batch)
-        for bn in self._bns:
-            bn.eval()
 
     def _accuracy(self) -> float:
         correct = 0
@@ -133,7 +120,13 @@ def build_search_evaluator(model: nn.Module, groups: ChannelGroups, search_set: 
                            recalibrate_bn: bool, seed: int, device: torch.device | str) -> SearchEvaluator:
     """A SearchEvaluator on a fixed subset of the search split and fixed calibration batches of train data."""
     images, labels = materialize(search_set, search_images, 1024, seed, device)
-    calibration_count = calibration_batches * calibration_batch_size
-    calibration_images, _ = materialize(train_set, calibration_count, calibration_batch_size, seed + 1, device)
-    calibration = list(calibration_images.split(calibration_batch_size))
+    calibration = calibration_images(train_set, calibration_batches, calibration_batch_size, seed, device)
     return SearchEvaluator(model.to(device), groups, images, labels, calibration, recalibrate_bn)
+
+
+def calibration_images(train_set: Dataset, batches: int, batch_size: int, seed: int,
+                       device: torch.device | str) -> list[torch.Tensor]:
+    """The fixed BN-calibration batches (`batches` x [batch_size, C, H, W] training images) of an experiment
+    with `seed`: search scoring and fine-tuning recalibrate on the very same images."""
+    images, _ = materialize(train_set, batches * batch_size, batch_size, seed + 1, device)
+    return list(images.split(batch_size))

@@ -16,6 +16,12 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_method_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """--method and --target: which (method, budget) result of the experiment a command works on."""
+    parser.add_argument("--method", required=True, help="pruning method (registry name, e.g. gat_ppo)")
+    parser.add_argument("--target", required=True, help="budget, e.g. flops0.5 or params0.3")
+
+
 def load_experiment(args: argparse.Namespace) -> tuple[Config, Experiment]:
     config = load_config(args.config)
     return config, config.experiment(args.experiment)

@@ -67,11 +67,11 @@ class AgentSettings:
     vf_coef: float = 0.5
     gae_lambda: float = 0.95
     gamma: float = 1.0  # episodic, terminal reward only
-    update_repeats: int = 4
-    batch_size: int = 256
+    update_repeats: int = 8
+    batch_size: int = 64
     max_grad_norm: float = 0.5
     lagrange_lr: float = 5.0
-    lagrange_tolerance: float = 0.0
+    lagrange_tolerance: float = 0.2  # share of episodes allowed over budget before repair
     policy: PolicySettings = field(default_factory=PolicySettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
 
@@ -121,7 +121,10 @@ class GatPpoSearch:
         self.make_env = make_env
         vector_env = DummyVectorEnv if settings.vector_env == "dummy" else SubprocVectorEnv
         self.envs = vector_env([make_env for _ in range(settings.num_envs)])
+        # Tianshou shuffles minibatches with numpy's global generator: seed every generator the search uses.
         torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
         encoder = GraphEncoder(graph, settings.policy)
         actor = KeepActor(encoder, self.layout, budget.ratio, settings.policy.hidden)
         critic = GraphCritic(encoder, settings.policy.hidden)
@@ -218,7 +221,7 @@ class GatPpoSearch:
         with policy_within_training_step(self.algorithm.policy):
             self.collector.collect(n_episode=s.episodes_per_iteration, reset_before_collect=True)
             t1 = time.perf_counter()
-            slacks = self._assign_rewards()
+            overshoots = self._assign_rewards()
             self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size, repeat=s.update_repeats)
         self.collector.reset_buffer(keep_statistics=False)
         self.encoder.forget_static()
@@ -229,23 +232,23 @@ class GatPpoSearch:
         self.timing["evaluation"] += float(sum(self.envs.get_env_attr("eval_seconds")))
         self.envs.set_env_attr("step_seconds", 0.0)
         self.envs.set_env_attr("eval_seconds", 0.0)
-        self.multiplier.update(np.asarray(slacks))
+        self.multiplier.update(np.asarray(overshoots))
         self.iteration += 1
 
     def _assign_rewards(self) -> list[float]:
         """Write each finished episode's reward onto its terminal transition, in a fixed order.
 
-        Returns each episode's budget slack (agent cost ratio - budget), for the multiplier's update."""
+        Returns each episode's overshoot, for the multiplier's update."""
         buffer = self.collector.buffer
         valid = buffer.sample_indices(0)  # filled slots only: a reset buffer keeps stale data behind them
         terminal = [int(i) for i in valid[buffer.done[valid]]]
-        slacks = []
+        overshoots = []
         for index in terminal:
             info = buffer.info[index]
             accuracy, overshoot = float(info["search_top1"]), float(info["overshoot"])
             reward = self.reward(accuracy) - self.multiplier.value * overshoot
             buffer.rew[index] = reward
-            slacks.append(float(info["agent_cost_ratio"]) - self.budget.ratio)
+            overshoots.append(overshoot)
             flags = np.asarray(info["kept_flags"], dtype=bool)
             self.mask_keys.add(np.packbits(flags).tobytes().hex())
             if self.best is None or accuracy > self.best[0]:
@@ -258,7 +261,7 @@ class GatPpoSearch:
                 "repaired_channels": int(info["repaired_channels"]), "multiplier": self.multiplier.value,
                 "best_search_top1": self.best[0],
             })
-        return slacks
+        return overshoots
 
     # -- persistence ------------------------------------------------------------------------------------------
     def _checkpoint_path(self) -> Path:

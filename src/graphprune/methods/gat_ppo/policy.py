@@ -79,7 +79,8 @@ class GraphEncoder(nn.Module):
         self.register_buffer("x_static", static)  # [N, F]
         self.register_buffer("edge_index", data.edge_index.long().clone())  # [2, E]
         self.register_buffer("edge_attr", data.edge_attr.float().clone())  # [E, A]
-        self.register_buffer("mean_adjacency", _mean_adjacency(data.edge_index, graph.num_nodes))  # sparse [N, N]
+        # Derived from the graph, so not saved with the weights (persistent=False).
+        self.register_buffer("mean_adjacency", _mean_adjacency(data.edge_index, graph.num_nodes), persistent=False)
         self.num_channels = graph.num_channel_nodes
         self.num_nodes = graph.num_nodes
         self.encoder = settings.encoder
@@ -162,7 +163,8 @@ def _mean_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
     cols = torch.cat([edge_index[0], loops])
     degree = torch.bincount(rows, minlength=num_nodes).float()
     values = 1.0 / degree[rows]
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_nodes, num_nodes)).coalesce()
+    indices = torch.stack([rows, cols])
+    return torch.sparse_coo_tensor(indices, values, (num_nodes, num_nodes), check_invariants=True).coalesce()
 
 
 class KeepActor(nn.Module):

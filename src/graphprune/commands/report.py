@@ -1,0 +1,27 @@
+"""`graphprune report`: the results table and figures of every experiment, method and target in a config.
+
+Reads only result files (baseline and finetuned metrics.json, search/record.json, search/log.csv); writes
+results/summary.csv, summary.md and figures/*.png (see `graphprune.report`). Trains and evaluates nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from graphprune.config import load_config
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("report", help="tables and figures from the finished results of a config")
+    parser.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from graphprune.report import write_report  # pandas and seaborn: only when reporting
+
+    config = load_config(args.config)
+    written = write_report(config)
+    print(f"{len(written.summary)} rows -> {written.summary_csv}, {written.summary_md}; "
+          f"figures -> {', '.join(written.figures)}")
+    return 0

@@ -1,0 +1,300 @@
+"""Result tables and figures of a whole config: the `report` stage of the pipeline.
+
+Reads result files only (baseline and finetuned metrics.json, search/record.json, and search/log.csv where a
+learning method wrote one) and writes results/summary.csv, summary.md and figures/*.png, each atomically.
+It never loads a model or a dataset, and never types in a number another stage measured: delta_top1 is
+computed here from the two accuracies. Rows of the same experiment, method and target from several seeds are
+averaged (mean and sample std).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from graphprune.checkpoint import _atomic_write, atomic_write_text
+from graphprune.errors import GraphpruneError
+from graphprune.paths import REPORT_FIGURES, figure, summary_csv, summary_md
+
+if TYPE_CHECKING:
+    from graphprune.config import Config
+
+KEYS = ["experiment", "method", "target"]
+# Summary columns after the keys, in table order; each is a mean over seeds, with `<name>_std` beside it.
+VALUES = ["flops_ratio", "params_ratio", "search_top1", "test_top1_pruned", "test_top1_finetuned", "delta_top1",
+          "latency_ratio_b1", "latency_ratio_b64", "search_seconds", "masks_evaluated"]
+# Copied from finetuned/metrics.json as they are; delta_top1 is computed.
+COPIED = [name for name in VALUES if name != "delta_top1"]
+
+# summary.md: header and how each value is shown (accuracies in percent).
+MARKDOWN_COLUMNS = {
+    "flops_ratio": ("FLOPs kept", "{:.3f}"), "params_ratio": ("params kept", "{:.3f}"),
+    "search_top1": ("search top-1 %", "{:.2f}"), "test_top1_pruned": ("test top-1 % pruned", "{:.2f}"),
+    "test_top1_finetuned": ("test top-1 % fine-tuned", "{:.2f}"), "delta_top1": ("Δ top-1 (pp)", "{:+.2f}"),
+    "latency_ratio_b1": ("latency b1", "{:.2f}"), "latency_ratio_b64": ("latency b64", "{:.2f}"),
+    "search_seconds": ("search s", "{:.1f}"), "masks_evaluated": ("masks", "{:.0f}"),
+}
+PERCENT = {"search_top1", "test_top1_pruned", "test_top1_finetuned", "delta_top1"}
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    summary: pd.DataFrame
+    summary_csv: str
+    summary_md: str
+    figures: list[str]
+
+
+def write_report(config: Config) -> ReportFiles:
+    """Write summary.csv, summary.md and the figures of every experiment x method x target of `config`."""
+    runs = collect_runs(config)
+    summary = summarize(runs)
+    root = config.results_dir
+    csv_path, md_path = summary_csv(root), summary_md(root)
+    atomic_write_text(summary.to_csv(index=False), csv_path)  # full precision: the table is data
+    atomic_write_text(summary_markdown(summary, baselines(config)), md_path)
+    palette = method_palette(runs["method"])
+    drawings = {
+        "accuracy_vs_flops": lambda: accuracy_vs_flops_figure(summary, baselines(config), palette),
+        "search_curves": lambda: search_curves_figure(collect_search_logs(config), palette),
+        "kept_channels": lambda: kept_channels_figure(collect_records(config), palette),
+    }
+    figures = []
+    for name in REPORT_FIGURES:
+        path = figure(root, name)
+        _save_figure(drawings[name](), path)
+        figures.append(path)
+    return ReportFiles(summary, csv_path, md_path, figures)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading results
+
+
+def collect_runs(config: Config) -> pd.DataFrame:
+    """One row per finished (experiment, seed, method, target): the COPIED metrics, baseline_test_top1 and
+    delta_top1 = test_top1_finetuned - baseline_test_top1."""
+    rows = []
+    for name, experiment in config.experiments.items():
+        paths = config.paths(name)
+        baseline = _read_json(paths.baseline_metrics(), f"graphprune pretrain --experiment {name}")
+        for method in experiment.methods:
+            for target in experiment.targets:
+                metrics = _read_json(paths.finetuned_metrics(method, target),
+                                     f"graphprune finetune --experiment {name} --method {method} --target {target}")
+                rows.append({
+                    "experiment": name, "seed": metrics["seed"], "method": method, "target": target,
+                    **{key: metrics[key] for key in COPIED},
+                    "baseline_test_top1": baseline["test_top1"],
+                    "delta_top1": metrics["test_top1_finetuned"] - baseline["test_top1"],
+                })
+    return pd.DataFrame(rows, columns=[*KEYS, "seed", *VALUES, "baseline_test_top1"])
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean of every VALUES column per (experiment, method, target), its sample std over seeds (`<name>_std`,
+    empty with one seed) and the number of seeds; rows in config order."""
+    grouped = runs.groupby(KEYS, sort=False)
+    mean = grouped[VALUES].mean()
+    std = grouped[VALUES].std(ddof=1).add_suffix("_std")
+    seeds = grouped.size().rename("seeds")
+    return pd.concat([mean, seeds, std], axis=1).reset_index()
+
+
+def baselines(config: Config) -> dict[str, dict[str, Any]]:
+    """Baseline metrics.json per experiment name."""
+    return {name: _read_json(config.paths(name).baseline_metrics(), f"graphprune pretrain --experiment {name}")
+            for name in config.experiments}
+
+
+def collect_records(config: Config) -> pd.DataFrame:
+    """One row per (experiment, method, target, channel group) from search/record.json: the group's root
+    module, size and kept channels, groups in natural name order (close to depth order)."""
+    rows = []
+    for name, experiment in config.experiments.items():
+        paths = config.paths(name)
+        for method in experiment.methods:
+            for target in experiment.targets:
+                record = _read_json(paths.search_record(method, target), f"graphprune search --experiment {name} "
+                                    f"--method {method} --target {target}")
+                groups = zip(record["group_roots"], record["group_sizes"], record["kept_per_group"], strict=True)
+                for root, size, kept in sorted(groups, key=lambda group: _natural_key(group[0])):
+                    rows.append({"experiment": name, "method": method, "target": target, "group": root,
+                                 "size": size, "kept": kept, "kept_fraction": kept / size})
+    return pd.DataFrame(rows, columns=[*KEYS, "group", "size", "kept", "kept_fraction"])
+
+
+def collect_search_logs(config: Config) -> pd.DataFrame:
+    """Per-episode search accuracy of every search that wrote search/log.csv, with `best_search_top1` (the
+    log's own best-so-far where it has one, else the running maximum)."""
+    frames = []
+    for name, experiment in config.experiments.items():
+        paths = config.paths(name)
+        for method in experiment.methods:
+            for target in experiment.targets:
+                path = Path(paths.search_log(method, target))
+                if not path.is_file():
+                    continue  # methods that do not learn write no log
+                log = pd.read_csv(path)
+                if log.empty or not {"episode", "search_top1"} <= set(log.columns):
+                    continue
+                if "best_search_top1" not in log.columns:
+                    log["best_search_top1"] = log["search_top1"].cummax()
+                frames.append(log[["episode", "search_top1", "best_search_top1"]].assign(
+                    experiment=name, method=method, target=target))
+    columns = [*KEYS, "episode", "search_top1", "best_search_top1"]
+    return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _read_json(path: str, command: str) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise GraphpruneError(f"{path} does not exist; `{command}` writes it (or run the pipeline: snakemake)")
+    return json.loads(Path(path).read_text())
+
+
+def _natural_key(name: str) -> list:
+    """'layer10.conv1' after 'layer2.conv1': digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# summary.md
+
+
+def summary_markdown(summary: pd.DataFrame, baseline_metrics: dict[str, dict[str, Any]]) -> str:
+    """One table per experiment, headed by its baseline; accuracies in percent, `mean ± std` over seeds."""
+    lines = ["# Results", "",
+             "Test accuracy of each pruned network before and after the same fine-tuning; Δ top-1 = fine-tuned "
+             "minus baseline test top-1 (percentage points). Ratios are pruned / baseline; latency is the median "
+             "of interleaved runs at batch 1 and 64. Mean ± std over seeds where several.", ""]
+    for experiment, rows in summary.groupby("experiment", sort=False):
+        baseline = baseline_metrics[experiment]
+        lines += [f"## {experiment}", "",
+                  f"Baseline: test top-1 {100 * baseline['test_top1']:.2f} %, {baseline['flops'] / 1e6:.2f} M FLOPs "
+                  f"(MACs), {baseline['params'] / 1e3:.1f} k params.", ""]
+        header = ["method", "target", "seeds", *(label for label, _ in MARKDOWN_COLUMNS.values())]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in rows.itertuples(index=False):
+            row = row._asdict()
+            cells = [row["method"], row["target"], str(row["seeds"])]
+            cells += [_cell(row[name], row[f"{name}_std"], name) for name in MARKDOWN_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(mean: float, std: float, name: str) -> str:
+    scale = 100 if name in PERCENT else 1
+    fmt = MARKDOWN_COLUMNS[name][1]
+    text = fmt.format(scale * mean)
+    if not np.isnan(std):
+        text += " ± " + fmt.format(scale * std).lstrip("+")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures: plain matplotlib Figures (no pyplot, so no display backend or global state), drawn with seaborn.
+
+sns.set_theme(style="whitegrid", context="notebook")
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+
+
+def accuracy_vs_flops_figure(summary: pd.DataFrame, baseline_metrics: dict[str, dict[str, Any]],
+                             palette: dict[str, Any]) -> Figure:
+    """Fine-tuned test top-1 (filled markers; hollow: before fine-tuning) against the FLOPs kept, one panel per
+    experiment, one line per method through its targets (error bars: std over seeds, where several); the
+    dashed line and star mark the unpruned baseline."""
+    experiments = list(dict.fromkeys(summary["experiment"]))
+    figure_ = Figure(figsize=(8.5 * len(experiments), 4.8), layout="constrained")
+    axes = figure_.subplots(1, len(experiments), squeeze=False)[0]
+    for ax, experiment in zip(axes, experiments, strict=True):
+        rows = summary[summary["experiment"] == experiment]
+        for position, (method, line) in enumerate(rows.groupby("method", sort=False)):
+            line = line.sort_values("flops_ratio")
+            # Matplotlib gets plain arrays: errorbar on pandas objects trips a pandas deprecation.
+            ax.errorbar(line["flops_ratio"].to_numpy(), 100 * line["test_top1_finetuned"].to_numpy(),
+                        yerr=100 * line["test_top1_finetuned_std"].fillna(0).to_numpy(), color=palette[method],
+                        marker=MARKERS[position % len(MARKERS)], markersize=8, capsize=3, label=method)
+            ax.plot(line["flops_ratio"].to_numpy(), 100 * line["test_top1_pruned"].to_numpy(), linestyle="none",
+                    marker=MARKERS[position % len(MARKERS)], markersize=8, markerfacecolor="none",
+                    color=palette[method], alpha=0.7)
+        baseline_top1 = 100 * baseline_metrics[experiment]["test_top1"]
+        ax.axhline(baseline_top1, color="0.3", linestyle="--", linewidth=1)
+        ax.plot([1.0], [baseline_top1], marker="*", markersize=14, color="0.2", linestyle="none", label="baseline")
+        ax.plot([], [], marker="o", markerfacecolor="none", color="0.4", linestyle="none",
+                label="hollow: before fine-tuning")
+        ax.set(title=experiment, xlabel="FLOPs kept (pruned / baseline)", ylabel="test top-1 %")
+        ax.set_xlim(0, 1.05)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
+    return figure_
+
+
+def search_curves_figure(logs: pd.DataFrame, palette: dict[str, Any]) -> Figure:
+    """Search-split accuracy per episode (dots) and best so far (line) for every search that logged one; one
+    panel per (experiment, target)."""
+    if logs.empty:
+        return _message_figure("No search logs: none of the methods run writes search/log.csv (gat_ppo does).")
+    panels = list(dict.fromkeys(zip(logs["experiment"], logs["target"], strict=True)))
+    figure_ = Figure(figsize=(7, 4.2 * len(panels)), layout="constrained")
+    axes = figure_.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (experiment, target) in zip(axes, panels, strict=True):
+        panel = logs[(logs["experiment"] == experiment) & (logs["target"] == target)]
+        for method, curve in panel.groupby("method", sort=False):
+            color = palette[method]
+            ax.scatter(curve["episode"], 100 * curve["search_top1"], s=6, alpha=0.3, color=color, linewidths=0,
+                       label=f"{method} (each episode's mask)")
+            ax.plot(curve["episode"], 100 * curve["best_search_top1"], color=color, linewidth=2,
+                    label=f"{method} (best so far)")
+        ax.set(title=f"{experiment}, {target}", xlabel="episode", ylabel="search top-1 %")
+        ax.legend(fontsize="small", loc="lower right")
+    return figure_
+
+
+def kept_channels_figure(records: pd.DataFrame, palette: dict[str, Any]) -> Figure:
+    """Fraction of channels each method keeps per channel group (tick label: root module and group size), one
+    panel per (experiment, target)."""
+    panels = list(dict.fromkeys(zip(records["experiment"], records["target"], strict=True)))
+    widest = max(records.groupby(["experiment", "target"])["group"].nunique())
+    figure_ = Figure(figsize=(max(8.0, 0.45 * widest + 2), 5.2 * len(panels)), layout="constrained")
+    axes = figure_.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (experiment, target) in zip(axes, panels, strict=True):
+        panel = records[(records["experiment"] == experiment) & (records["target"] == target)]
+        groups = list(dict.fromkeys(panel["group"]))
+        sizes = panel.drop_duplicates("group").set_index("group")["size"]
+        methods = list(dict.fromkeys(panel["method"]))
+        for position, method in enumerate(methods):
+            rows = panel[panel["method"] == method].set_index("group").loc[groups]
+            ax.plot(range(len(groups)), rows["kept_fraction"], marker=MARKERS[position % len(MARKERS)],
+                    color=palette[method], label=method, linewidth=1.2, markersize=6, alpha=0.9)
+        ax.set_xticks(range(len(groups)), [f"{group} ({sizes[group]})" for group in groups], rotation=60,
+                      ha="right", fontsize="small")
+        ax.set(title=f"{experiment}, {target}", ylabel="channels kept (fraction of group)", ylim=(0, 1.05))
+        ax.legend(fontsize="small", ncols=min(4, len(methods)), loc="lower left")
+    return figure_
+
+
+def method_palette(methods: pd.Series) -> dict[str, Any]:
+    """One colour per method, in order of first appearance, shared by every figure."""
+    names = list(dict.fromkeys(methods))
+    return dict(zip(names, sns.color_palette("tab10", max(len(names), 1)), strict=False))
+
+
+def _message_figure(message: str) -> Figure:
+    figure_ = Figure(figsize=(7, 2))
+    figure_.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    return figure_
+
+
+def _save_figure(figure_: Figure, path: str) -> None:
+    buffer = io.BytesIO()
+    figure_.savefig(buffer, format="png", dpi=120)
+    _atomic_write(path, lambda stream: stream.write(buffer.getvalue()))

@@ -1,0 +1,148 @@
+"""The whole pipeline through real Snakemake on a tiny digits config, then partial reruns.
+
+One module-scoped run (pretrain 2 epochs, l1_uniform and a 32-episode gat_ppo search, 1-epoch fine-tunes,
+report) is checked for the summary table, the figures, `snakemake --report`, and a no-op dry run; dry runs
+then check that asking for one result plans only its upstream chain and that changing one method's settings
+replans only that method.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from graphprune.paths import REPORT_FIGURES, ResultPaths, figure, report_html, summary_csv
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+EXPERIMENT = "tiny-digits"
+METHODS = ["l1_uniform", "gat_ppo"]
+TARGET = "flops0.5"
+# The whole DAG must stay this fast: it runs in CI.
+PIPELINE_SECONDS = 300
+TINY_CONFIG = {
+    "results_dir": "results",
+    "device": "cpu",
+    "experiments": {EXPERIMENT: {
+        "dataset": {"name": "digits", "search_size": 300},
+        "model": {"name": "resnet20"},
+        "pretrain": {"epochs": 2, "batch_size": 64, "lr": 0.1},
+        "finetune": {"epochs": 1, "batch_size": 64, "lr": 0.01},
+        "targets": [TARGET],
+        "methods": METHODS,
+        "search": {"methods": {"gat_ppo": {"episodes": 32, "episodes_per_iteration": 16, "num_envs": 4}}},
+    }},
+}
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 600) -> str:
+    """Run the repository's Snakefile in `workdir` (whose config.yaml it reads); returns stdout + stderr."""
+    completed = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO_ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        cwd=workdir, capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # two jobs share two cores
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-5000:]
+    return output
+
+
+def planned_jobs(workdir: Path, *targets: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job `snakemake -n` plans for `targets` (default: rule all)."""
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in snakemake(workdir, "-n", *targets).splitlines():
+        line = line.strip()
+        if match := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            jobs.append((match.group(1), {}))
+        elif line.startswith("wildcards:") and jobs:
+            jobs[-1][1].update(item.strip().split("=", 1) for item in line[len("wildcards:"):].split(","))
+    return jobs
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, float]:
+    """A workdir where the whole pipeline ran on the tiny config, and how long it took."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    write_config(workdir, TINY_CONFIG)
+    started = time.perf_counter()
+    snakemake(workdir)
+    return workdir, time.perf_counter() - started
+
+
+def test_pipeline_runs_end_to_end_and_reports(finished_run):
+    workdir, seconds = finished_run
+    assert seconds < PIPELINE_SECONDS, f"the tiny pipeline took {seconds:.0f} s"
+    results = workdir / "results"
+    paths = ResultPaths(str(results), EXPERIMENT)
+    baseline_top1 = json.loads(Path(paths.baseline_metrics()).read_text())["test_top1"]
+
+    summary = pd.read_csv(summary_csv(str(results)), float_precision="round_trip")
+    assert sorted(zip(summary["method"], summary["target"], strict=True)) == sorted((m, TARGET) for m in METHODS)
+    assert set(summary["experiment"]) == {EXPERIMENT} and (summary["seeds"] == 1).all()
+    for row in summary.to_dict("records"):
+        for ratio in ("flops_ratio", "params_ratio"):
+            assert 0 < row[ratio] <= 1
+        assert row["flops_ratio"] <= 0.5 + 1e-9
+        for accuracy in ("search_top1", "test_top1_pruned", "test_top1_finetuned"):
+            assert 0 <= row[accuracy] <= 1
+        assert abs(row["delta_top1"] - (row["test_top1_finetuned"] - baseline_top1)) <= 1e-9
+        assert row["latency_ratio_b1"] > 0 and row["latency_ratio_b64"] > 0
+        assert row["search_seconds"] >= 0 and row["masks_evaluated"] >= 0
+        # The table repeats what the stages measured: cost from the search record, accuracy from fine-tuning.
+        record = json.loads(Path(paths.search_record(row["method"], TARGET)).read_text())
+        metrics = json.loads(Path(paths.finetuned_metrics(row["method"], TARGET)).read_text())
+        assert row["flops_ratio"] == pytest.approx(record["flops_ratio"], abs=1e-12)
+        assert row["test_top1_finetuned"] == metrics["test_top1_finetuned"]
+        assert metrics["recipe"]["epochs"] == 1 and metrics["epochs"] == 1
+        history = Path(paths.finetuned_history(row["method"], TARGET)).read_text().splitlines()
+        assert len(history) == 1 + 1
+    assert summary.set_index("method").loc["gat_ppo", "masks_evaluated"] > 0
+
+    for name in REPORT_FIGURES:
+        png = Path(figure(str(results), name)).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, name
+
+    html = report_html(str(results))
+    snakemake(workdir, "--report", html)
+    text = Path(html).read_text(errors="replace")
+    assert all(name in text for name in REPORT_FIGURES)
+
+    assert planned_jobs(workdir) == [], "a finished pipeline must have nothing left to do"
+
+
+def test_one_result_plans_only_its_upstream_chain(tmp_path):
+    write_config(tmp_path, TINY_CONFIG)
+    target = ResultPaths("results", EXPERIMENT).finetuned_metrics("gat_ppo", TARGET)
+    jobs = planned_jobs(tmp_path, target)
+    assert sorted(rule for rule, _ in jobs) == ["finetune", "graph", "pretrain", "search"]
+    assert all(wildcards.get("method", "gat_ppo") == "gat_ppo" for _, wildcards in jobs)
+
+
+def test_changing_one_method_replans_only_that_method(finished_run, tmp_path):
+    workdir, _ = finished_run
+    changed = copy.deepcopy(TINY_CONFIG)
+    changed["experiments"][EXPERIMENT]["search"]["methods"]["gat_ppo"]["lr"] = 0.002
+    write_config(workdir, changed)
+    try:
+        jobs = planned_jobs(workdir)
+    finally:
+        write_config(workdir, TINY_CONFIG)
+    assert sorted(rule for rule, _ in jobs) == ["all", "finetune", "report", "search"]
+    assert {wildcards["method"] for rule, wildcards in jobs if rule in ("search", "finetune")} == {"gat_ppo"}

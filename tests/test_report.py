@@ -1,0 +1,79 @@
+"""The report stage on hand-written result files: aggregation over seeds, computed deltas, tables, figures."""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from graphprune.config import config_from_dict
+from graphprune.errors import GraphpruneError
+from graphprune.paths import REPORT_FIGURES, figure
+from graphprune.report import KEYS, VALUES, collect_runs, summarize, summary_markdown, write_report
+
+BASELINE_TOP1 = 0.9
+
+
+def finetuned_metrics(method: str, top1: float) -> dict:
+    return {"seed": 0, "flops_ratio": 0.48, "params_ratio": 0.5, "search_top1": 0.8, "test_top1_pruned": 0.7,
+            "test_top1_finetuned": top1, "latency_ratio_b1": 0.8, "latency_ratio_b64": 0.6,
+            "search_seconds": 3.0, "masks_evaluated": 64 if method == "gat_ppo" else 0}
+
+
+def write_json(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data))
+
+
+@pytest.fixture
+def finished_results(tiny_section, tmp_path):
+    """A config with two methods on one target and the files every stage before the report writes."""
+    section = {**tiny_section, "targets": ["flops0.5"], "methods": ["l1_uniform", "gat_ppo"]}
+    config = config_from_dict({"results_dir": str(tmp_path / "results"), "experiments": {"tiny": section}})
+    paths = config.paths("tiny")
+    write_json(paths.baseline_metrics(), {"test_top1": BASELINE_TOP1, "flops": 2_000_000, "params": 250_000})
+    for method, top1 in (("l1_uniform", 0.85), ("gat_ppo", 0.88)):
+        write_json(paths.finetuned_metrics(method, "flops0.5"), finetuned_metrics(method, top1))
+        write_json(paths.search_record(method, "flops0.5"), {
+            "group_roots": ["layer2.conv1", "layer10.conv1", "conv1"], "group_sizes": [16, 32, 8],
+            "kept_per_group": [8, 16, 8]})
+    log = pd.DataFrame({"episode": range(20), "search_top1": [0.1 * (i % 7) for i in range(20)]})
+    log.to_csv(paths.search_log("gat_ppo", "flops0.5"), index=False)
+    return config
+
+
+def test_report_writes_tables_and_figures_with_computed_delta(finished_results):
+    written = write_report(finished_results)
+    summary = pd.read_csv(written.summary_csv)
+    assert list(summary.columns[:len(KEYS) + len(VALUES)]) == KEYS + VALUES
+    assert list(summary["method"]) == ["l1_uniform", "gat_ppo"]  # config order
+    for row in summary.to_dict("records"):
+        assert row["delta_top1"] == pytest.approx(row["test_top1_finetuned"] - BASELINE_TOP1, abs=1e-12)
+        assert row["seeds"] == 1 and math.isnan(row["delta_top1_std"])
+    markdown = Path(written.summary_md).read_text()
+    assert "| gat_ppo | flops0.5 | 1 | 0.480 | 0.500 | 80.00 | 70.00 | 88.00 | -2.00 | 0.80 | 0.60 | 3.0 | 64 |" in (
+        markdown.splitlines())  # accuracies in percent, no std with one seed
+    for name in REPORT_FIGURES:
+        assert Path(figure(finished_results.results_dir, name)).read_bytes().startswith(b"\x89PNG")
+
+
+def test_runs_of_several_seeds_are_averaged():
+    runs = pd.DataFrame([
+        {"experiment": "e", "method": "m", "target": "flops0.5", "seed": seed,
+         **{name: 0.5 for name in VALUES}, "test_top1_finetuned": top1, "delta_top1": top1 - 0.9}
+        for seed, top1 in ((0, 0.8), (1, 0.9), (2, 1.0))
+    ])
+    summary = summarize(runs)
+    assert len(summary) == 1 and summary.loc[0, "seeds"] == 3
+    assert summary.loc[0, "test_top1_finetuned"] == pytest.approx(0.9)
+    assert summary.loc[0, "test_top1_finetuned_std"] == pytest.approx(0.1)  # sample std (ddof=1)
+    assert summary.loc[0, "flops_ratio_std"] == 0
+    markdown = summary_markdown(summary, {"e": {"test_top1": 0.9, "flops": 1e6, "params": 1e3}})
+    assert "90.00 ± 10.00" in markdown
+
+
+def test_a_missing_result_names_the_command_that_writes_it(finished_results):
+    Path(finished_results.paths("tiny").finetuned_metrics("gat_ppo", "flops0.5")).unlink()
+    with pytest.raises(GraphpruneError, match="graphprune finetune --experiment tiny --method gat_ppo"):
+        collect_runs(finished_results)

@@ -1,0 +1,31 @@
+# Fine-tune each (experiment, method, target)'s pruned network with the experiment's one finetune recipe and
+# measure it on the test split (accuracy before and after, cost, latency against the baseline).
+
+
+def finetune_hash(wildcards):
+    """A rule param: reruns a fine-tune exactly when its mask or the finetune recipe would change."""
+    return GRAPHPRUNE_CONFIG.experiment(wildcards.experiment).finetune_hash(wildcards.method)
+
+
+rule finetune:
+    input:
+        model=RESULTS.baseline_model(),
+        mask=RESULTS.mask("{method}", "{target}"),
+        record=RESULTS.search_record("{method}", "{target}"),
+    output:
+        model=RESULTS.finetuned_model("{method}", "{target}"),
+        metrics=RESULTS.finetuned_metrics("{method}", "{target}"),
+        history=RESULTS.finetuned_history("{method}", "{target}"),
+    params:
+        finetune_hash=finetune_hash,
+    log:
+        RESULTS.log("finetune", "{method}", "{target}"),
+    benchmark:
+        RESULTS.benchmark("finetune", "{method}", "{target}")
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=12 * 60,
+    shell:
+        "{GRAPHPRUNE:q} finetune --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q}"
+        " --method {wildcards.method:q} --target {wildcards.target:q} > {log:q} 2>&1"
