@@ -59,6 +59,7 @@ class AgentSettings:
     num_envs: int = 8
     vector_env: str = "dummy"  # "dummy" (in-process) | "subprocess"
     episode: str = "per_group"  # "per_group" | "one_shot"
+    feasibility_wall: bool = True  # cut a step's kept channels when the rest could no longer meet the budget
     max_seconds: float | None = None  # stop after this much wall time (checked between iterations)
     plateau_iterations: int | None = None  # stop when the best has not improved for this many iterations
     lr: float = 1e-3
@@ -70,8 +71,8 @@ class AgentSettings:
     update_repeats: int = 8
     batch_size: int = 64
     max_grad_norm: float = 0.5
-    lagrange_lr: float = 5.0
-    lagrange_tolerance: float = 0.2  # share of episodes allowed over budget before repair
+    lagrange_lr: float = 20.0
+    lagrange_tolerance: float = 0.01
     policy: PolicySettings = field(default_factory=PolicySettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
 
@@ -116,7 +117,8 @@ class GatPpoSearch:
         cost.check_feasible(budget)
 
         def make_env() -> PruningEnv:
-            return PruningEnv(self.layout, cost, budget, evaluate, importance, min_channels)
+            return PruningEnv(self.layout, cost, budget, evaluate, importance, min_channels,
+                              feasibility_wall=settings.feasibility_wall)
 
         self.make_env = make_env
         vector_env = DummyVectorEnv if settings.vector_env == "dummy" else SubprocVectorEnv

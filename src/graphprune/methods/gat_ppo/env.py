@@ -73,10 +73,12 @@ class PruningEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, layout: EpisodeLayout, cost: CostModel, budget: Budget,
-                 evaluate: Callable[[Mask], float], importance: Sequence[np.ndarray], min_channels: int = 1):
+                 evaluate: Callable[[Mask], float], importance: Sequence[np.ndarray], min_channels: int = 1,
+                 feasibility_wall: bool = True):
         self.layout, self.cost, self.budget, self.evaluate = layout, cost, budget, evaluate
         self.importance = [np.asarray(i, dtype=np.float64) for i in importance]
         self.min_channels = min_channels
+        self.feasibility_wall = feasibility_wall
         self.num_steps = len(layout.steps)
         self._step_channels = [layout.step_channels(t) for t in range(self.num_steps)]
         self._offsets = layout.offsets
@@ -97,8 +99,10 @@ class PruningEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.t = 0
-        self.kept = np.zeros(self.layout.num_channels, dtype=bool)
+        self.kept = np.zeros(self.layout.num_channels, dtype=bool)  # after the wall and the minimum rule
+        self.agent_kept = np.zeros(self.layout.num_channels, dtype=bool)  # the agent's own bits
         self.decided = np.zeros(self.layout.num_channels, dtype=bool)
+        self.forced = 0
         return self._observation(), {}
 
     def step(self, action):
@@ -111,29 +115,62 @@ class PruningEnv(gym.Env):
     def _step(self, action):
         channels = self._step_channels[self.t]
         keep = np.asarray(action[: len(channels)]).astype(bool)  # Tianshou passes floats 0./1.
+        self.agent_kept[channels] = keep
         self.kept[channels] = keep
         self.decided[channels] = True
-        forced = self._enforce_min_channels(self.layout.steps[self.t])
+        step_groups = self.layout.steps[self.t]
+        forced = self._enforce_min_channels(step_groups)
+        if self.feasibility_wall:
+            forced += self._wall(step_groups)
+        self.forced += forced
         self.t += 1
         if self.t < self.num_steps:
             return self._observation(), 0.0, False, False, self._info()
-        return self._finish(forced)
+        return self._finish()
 
-    def _finish(self, forced: int):
-        agent_mask = self._mask(self.kept)
+    def _wall(self, step_groups: Sequence[int]) -> int:
+        """AMC's feasibility wall: if the groups still to come could not meet the budget even at their minimum,
+        drop this step's least important kept channels until they can. Returns how many were dropped."""
+        counts = self._counts_now(self._min_counts)
+        if self.cost.meets(self.budget, counts):
+            return 0
+        flags = self.kept.copy()
+        undecided = ~self.decided
+        for g in range(len(self.layout.sizes)):  # undecided groups at their minimum: their best channels
+            flat = slice(self._offsets[g], self._offsets[g] + self.layout.sizes[g])
+            if undecided[flat].all():
+                best = np.argsort(-self.importance[g])[: self._min_counts[g]]
+                flags[self._offsets[g] + best] = True
+        step = set(step_groups)
+        # Only this step's channels may go (everything else scores +inf, so it is never reached).
+        scores = [self.importance[g] if g in step else np.full(self.layout.sizes[g], np.inf)
+                  for g in range(len(self.layout.sizes))]
+        walled = remove_to_budget(self._mask(flags), self.cost, self.budget, scores, self.min_channels)
+        dropped = 0
+        for g in step_groups:
+            flat = slice(self._offsets[g], self._offsets[g] + self.layout.sizes[g])
+            new = walled.keep_flags(g).numpy()
+            dropped += int(self.kept[flat].sum() - new.sum())
+            self.kept[flat] = new
+        return dropped
+
+    def _finish(self):
+        forced = self.forced
+        agent_mask = self._mask(self.agent_kept)
         agent_ratio = self.cost.ratio(self.budget.metric, agent_mask.counts)
         overshoot = max(0.0, agent_ratio - self.budget.ratio)
-        mask = remove_to_budget(agent_mask, self.cost, self.budget, self.importance, self.min_channels)
+        # With the wall the mask already meets the budget; without it, repair it here.
+        mask = remove_to_budget(self._mask(self.kept), self.cost, self.budget, self.importance, self.min_channels)
         start = time.perf_counter()
         accuracy = self.evaluate(mask)
         self.eval_seconds += time.perf_counter() - start
         final_flags = np.concatenate([mask.keep_flags(g).numpy() for g in range(len(self.layout.sizes))])
-        self.kept = final_flags
         info = self._info(
             search_top1=accuracy, overshoot=overshoot, agent_cost_ratio=agent_ratio,
             cost_ratio=self.cost.ratio(self.budget.metric, mask.counts),
-            repaired_channels=int(sum(agent_mask.counts) - sum(mask.counts)) + forced, kept_flags=final_flags,
+            repaired_channels=forced + int(self.kept.sum()) - int(sum(mask.counts)), kept_flags=final_flags,
         )
+        self.kept = final_flags
         return self._observation(), 0.0, True, False, info
 
     def _enforce_min_channels(self, step_groups: Sequence[int]) -> int:

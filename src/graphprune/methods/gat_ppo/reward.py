@@ -76,24 +76,21 @@ class SelfCompetitionReward:
 
 @dataclass
 class LagrangeMultiplier:
-    """Dual ascent on the budget constraint P(the agent's own mask is over budget) <= tolerance.
+    """Dual ascent on the budget constraint E[overshoot] <= tolerance (PPO-Lagrangian).
 
-    The penalty `value * overshoot` (overshoot = cost ratio of the agent's mask before repair - budget ratio,
-    when positive) is subtracted from an episode's reward. The multiplier rises while more than `tolerance`
-    of an iteration's episodes overshoot and falls while fewer do, so the agent settles at the budget's edge.
-    Measured alternatives: dual ascent on the mean overshoot can only fall through its tolerance and grew
-    without bound (to 40), driving the agent far below the budget and its accuracy down; no penalty at all
-    lets the agent leave the pruning to the repair step.
+    overshoot = max(0, cost ratio of the agent's own mask - budget ratio), measured on the agent's bits before
+    the feasibility wall and repair; the penalty `value * overshoot` is subtracted from the episode's reward,
+    so the agent learns to meet the budget itself instead of leaving the cuts to the wall.
     """
 
     value: float = 0.0
-    lr: float = 5.0
-    tolerance: float = 0.2
+    lr: float = 20.0
+    tolerance: float = 0.01
     max_value: float = 100.0
 
     def update(self, overshoots: np.ndarray) -> float:
         """overshoots: of each episode of the last iteration (>= 0)."""
         if len(overshoots):
-            share_over = float(np.mean(np.asarray(overshoots) > 0))
-            self.value = float(np.clip(self.value + self.lr * (share_over - self.tolerance), 0.0, self.max_value))
+            step = self.lr * (float(np.mean(overshoots)) - self.tolerance)
+            self.value = float(np.clip(self.value + step, 0.0, self.max_value))
         return self.value
