@@ -11,6 +11,20 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
+# In a fresh clone: fetch cached results from the DVC remote and mark them up to date (docs/PIPELINE.md);
+# options via RESTORE_ARGS, e.g. make restore RESTORE_ARGS="--remote nas --configfile configs/x.yaml".
+.PHONY: restore
+restore: $(STAMP)
+	$(VENV)/bin/graphprune restore $(RESTORE_ARGS)
+
+# The pipeline on a throwaway one-node SLURM cluster (root on Debian; installs slurm + munge on first use):
+# start it, run tests/cluster/tiny.yaml with every rule as a SLURM job, check outputs and a failing job, stop
+# it, then the same config locally for the time comparison. Details: tests/cluster/run_pipeline.sh.
+CLUSTER_TEST_TIMEOUT ?= 900
+.PHONY: test-cluster
+test-cluster: $(STAMP)
+	timeout -k 30 -s INT $(CLUSTER_TEST_TIMEOUT) tests/cluster/run_pipeline.sh
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 

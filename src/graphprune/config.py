@@ -183,7 +183,7 @@ def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
 
 def _check_methods(experiment: str, methods: list[str], settings: Mapping[str, Any]) -> None:
     """Method names must be in the registry: one source of truth, so the schema does not repeat the list."""
-    from graphprune.methods.base import available_methods  # registry lookup imports the method modules
+    from graphprune.methods.base import available_methods
 
     known = available_methods()
     for where, names in (("methods", methods), ("search.methods", list(settings))):

@@ -2,7 +2,7 @@
 
 Find a method by name with `get_method("l1_uniform")`; `available_methods()` lists them. The interface, the
 registry and the shared budget arithmetic are in `base`; the heuristics in `heuristics`; the RL methods in
-their own modules, listed in `base.METHOD_MODULES`.
+their own modules, indexed by name in `base.METHOD_MODULES`.
 """
 
 from graphprune.methods.base import (

@@ -26,14 +26,18 @@ from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
 from graphprune.pruning import ChannelGroups, Mask
 
-# Modules whose import registers methods; imported on the first registry lookup so that using one method never
-# pays for importing every other (the RL methods pull in torch-geometric and Tianshou).
-METHOD_MODULES: tuple[str, ...] = (
-    "graphprune.methods.heuristics",
-    "graphprune.methods.gnnrl",
-    "graphprune.methods.amc",
-    "graphprune.methods.gat_ppo",
-)
+# The registry's index: method name -> the module whose import registers it. Looking a name up imports only its
+# module, and listing names imports nothing, so checking a config never pays for torch-geometric and Tianshou.
+METHOD_MODULES: dict[str, str] = {
+    "random": "graphprune.methods.heuristics",
+    "random_search": "graphprune.methods.heuristics",
+    "l1_uniform": "graphprune.methods.heuristics",
+    "global_bn": "graphprune.methods.heuristics",
+    "depgraph": "graphprune.methods.heuristics",
+    "gnnrl": "graphprune.methods.gnnrl",
+    "amc": "graphprune.methods.amc",
+    "gat_ppo": "graphprune.methods.gat_ppo",
+}
 
 # Bisection steps on a continuous scale of keep ratios; 2**-50 is far below one channel of any real network.
 _BISECTION_STEPS = 50
@@ -140,6 +144,8 @@ def register(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
     """Class decorator: make a PruningMethod available as `name`."""
 
     def add(cls: type[PruningMethod]) -> type[PruningMethod]:
+        if name not in METHOD_MODULES:
+            raise ValueError(f"add {name!r} to METHOD_MODULES in graphprune.methods.base so it can be found")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"two pruning methods are registered as {name!r}")
         cls.name = name
@@ -149,21 +155,15 @@ def register(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
     return add
 
 
-def _load_method_modules() -> None:
-    for module in METHOD_MODULES:
-        importlib.import_module(module)
-
-
 def available_methods() -> list[str]:
-    _load_method_modules()
-    return sorted(_REGISTRY)
+    return sorted(METHOD_MODULES)
 
 
 def get_method(name: str) -> PruningMethod:
     """A fresh instance of the method registered as `name`."""
-    _load_method_modules()
-    if name not in _REGISTRY:
-        raise GraphpruneError(f"unknown pruning method {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    if name not in METHOD_MODULES:
+        raise GraphpruneError(f"unknown pruning method {name!r}; choose one of {', '.join(available_methods())}")
+    importlib.import_module(METHOD_MODULES[name])
     return _REGISTRY[name]()
 
 

@@ -1,0 +1,37 @@
+"""The method registry's index (name -> module) and the modules agree."""
+
+import importlib
+
+import pytest
+
+from graphprune.errors import GraphpruneError
+from graphprune.methods import base
+
+
+@pytest.mark.parametrize("name", sorted(base.METHOD_MODULES))
+def test_every_indexed_method_registers_under_its_name(name):
+    method = base.get_method(name)
+    assert method.name == name
+    assert isinstance(method, base.PruningMethod)
+
+
+def test_every_registered_method_is_indexed():
+    for module in set(base.METHOD_MODULES.values()):
+        importlib.import_module(module)
+    assert set(base._REGISTRY) == set(base.METHOD_MODULES)
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(GraphpruneError, match="unknown pruning method 'nope'; choose one of"):
+        base.get_method("nope")
+
+
+def test_config_naming_an_unknown_method_is_a_clear_error():
+    import yaml
+
+    from graphprune.config import config_from_dict
+
+    config = yaml.safe_load(open("config.yaml"))
+    config["experiments"]["digits-resnet20"]["methods"] = ["l1_uniform", "magic"]
+    with pytest.raises(GraphpruneError, match=r"experiments.digits-resnet20.methods: unknown method 'magic'"):
+        config_from_dict(config)
