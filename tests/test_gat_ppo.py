@@ -68,11 +68,11 @@ def toy():
     return planted_toy()
 
 
-def make_env(toy, target="flops0.5", layout=None):
+def make_env(toy, target="flops0.5", layout=None, wall=False):
     model, groups, cost, evaluator, graph = toy
     layout = layout or EpisodeLayout.per_group(groups.sizes, range(len(groups)))
     context = MethodContext(model, groups, cost, graph, evaluator)
-    return PruningEnv(layout, cost, parse_target(target), evaluator, repair_scores(context))
+    return PruningEnv(layout, cost, parse_target(target), evaluator, repair_scores(context), feasibility_wall=wall)
 
 
 def test_env_passes_gymnasium_checker(toy):
@@ -97,6 +97,17 @@ def test_env_episode_ends_with_a_feasible_mask_and_reports_overshoot(toy):
     assert 0.0 <= info["search_top1"] <= 1.0
 
 
+def test_feasibility_wall_keeps_every_step_completable(toy):
+    """With the wall, after every step the groups still to come can meet the budget at their minimum."""
+    _, groups, cost, _, _ = toy
+    env = make_env(toy, "flops0.3", wall=True)
+    env.reset()
+    for _ in range(len(groups)):
+        obs, _, done, _, info = env.step(np.ones(env.action_space.n))  # the agent keeps everything
+        assert obs["budget"][2] <= 0.3 + 1e-9  # min_cost_ratio: the cost if every undecided group went minimal
+    assert done and info["overshoot"] == pytest.approx(0.7) and info["cost_ratio"] <= 0.3
+
+
 def test_min_channels_are_forced(toy):
     env = make_env(toy)
     env.reset()
@@ -117,12 +128,13 @@ def test_one_shot_layout_decides_everything_in_one_step(toy):
     assert done
 
 
+@pytest.mark.parametrize("wall", [False, True])
 @pytest.mark.parametrize("seed", range(5))
-def test_repair_always_meets_the_budget(toy, seed):
+def test_repair_always_meets_the_budget(toy, seed, wall):
     _, groups, cost, _, _ = toy
     rng = np.random.default_rng(seed)
     for target in ("flops0.5", "flops0.3", "params0.2"):
-        env = make_env(toy, target)
+        env = make_env(toy, target, wall=wall)
         env.reset()
         done = False
         while not done:
@@ -228,12 +240,13 @@ def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path):
 def test_agent_learns_to_prune_planted_dead_channels(toy, tmp_path):
     """Half the channels of every layer are dead; at flops0.5 the agent must prune some channels. After a
     short search its policy must prefer pruning dead channels by far, while a random policy prunes both alike.
-    Repair ranks channels randomly here, so only the policy's own choices can get dead channels out."""
+    Repair ranks channels randomly here, so only the policy's own choices can get dead channels out; the
+    feasibility wall makes those choices count in every episode."""
     model, groups, cost, evaluator, graph = toy
     rng = np.random.default_rng(0)
     uninformative = [rng.random(size) for size in groups.sizes]
     settings = small_settings(episodes=256, episodes_per_iteration=32, num_envs=8, lr=3e-3, update_repeats=10,
-                              batch_size=32)
+                              batch_size=32, feasibility_wall=True)
     search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.5"), evaluator,
                           uninformative, settings, seed=3, out_dir=tmp_path)  # seeded: the run is exact on CPU
     try:

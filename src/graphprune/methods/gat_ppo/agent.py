@@ -59,7 +59,7 @@ class AgentSettings:
     num_envs: int = 8
     vector_env: str = "dummy"  # "dummy" (in-process) | "subprocess"
     episode: str = "per_group"  # "per_group" | "one_shot"
-    feasibility_wall: bool = True  # cut a step's kept channels when the rest could no longer meet the budget
+    feasibility_wall: bool = False  # cut a step's kept channels when the rest could no longer meet the budget
     max_seconds: float | None = None  # stop after this much wall time (checked between iterations)
     plateau_iterations: int | None = None  # stop when the best has not improved for this many iterations
     lr: float = 1e-3

@@ -74,7 +74,7 @@ class PruningEnv(gym.Env):
 
     def __init__(self, layout: EpisodeLayout, cost: CostModel, budget: Budget,
                  evaluate: Callable[[Mask], float], importance: Sequence[np.ndarray], min_channels: int = 1,
-                 feasibility_wall: bool = True):
+                 feasibility_wall: bool = False):
         self.layout, self.cost, self.budget, self.evaluate = layout, cost, budget, evaluate
         self.importance = [np.asarray(i, dtype=np.float64) for i in importance]
         self.min_channels = min_channels
