@@ -73,6 +73,7 @@ class AgentSettings:
     max_grad_norm: float = 0.5
     lagrange_lr: float = 20.0
     lagrange_tolerance: float = 0.01
+    lagrange_max: float = 5.0  # a larger multiplier drove the policy to prune everything (measured)
     policy: PolicySettings = field(default_factory=PolicySettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
 
@@ -148,7 +149,8 @@ class GatPpoSearch:
         buffer = VectorReplayBuffer(2 * settings.episodes_per_iteration * steps, settings.num_envs)
         self.collector = Collector(self.algorithm, self.envs, buffer)
         self.reward = SelfCompetitionReward(settings.reward)
-        self.multiplier = LagrangeMultiplier(lr=settings.lagrange_lr, tolerance=settings.lagrange_tolerance)
+        self.multiplier = LagrangeMultiplier(lr=settings.lagrange_lr, tolerance=settings.lagrange_tolerance,
+                                             max_value=settings.lagrange_max)
         self.iteration = 0
         self.log_rows: list[dict] = []
         self.mask_keys: set[str] = set()  # distinct masks evaluated (the equal-budget N for random_search)

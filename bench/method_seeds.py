@@ -1,0 +1,83 @@
+"""Spread over seeds of the searching methods: search and test accuracy (before fine-tuning) per seed.
+
+On the default experiment (digits, ResNet-20, trained by the pipeline's pretrain step if absent), for each
+method, target and seed: the chosen mask's search accuracy and test accuracy (BN-recalibrated masked
+forward, the test split scored only here), FLOPs ratio, masks evaluated and search seconds; then mean and
+standard deviation per method and target. Methods use the experiment's settings (config.yaml); random_search
+evaluates --num-masks masks (default 512, gat_ppo's default episode count).
+
+    python bench/method_seeds.py [--methods amc gnnrl random_search] [--seeds 0 1 2] [--targets flops0.5 flops0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from common import machine_summary
+
+from graphprune.commands.pretrain import pretrain
+from graphprune.config import load_config
+from graphprune.cost import parse_target
+from graphprune.data import load_splits
+from graphprune.methods.base import MethodContext, get_method
+from graphprune.search_eval import build_search_evaluator
+from graphprune.selection import load_setup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--experiment", default="digits-resnet20")
+    parser.add_argument("--methods", nargs="+", default=["amc", "gnnrl", "random_search"])
+    parser.add_argument("--targets", nargs="+", default=["flops0.5", "flops0.3"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--num-masks", type=int, default=512, help="random_search's evaluations")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    experiment = config.experiment(args.experiment)
+    if not Path(config.paths(experiment.name).baseline_model()).exists():
+        pretrain(config, experiment)
+    setup = load_setup(config, experiment)
+    s = experiment.search
+    splits = load_splits(experiment.dataset)
+    test_scorer = build_search_evaluator(
+        setup.model, setup.groups, splits.test, splits.train,
+        search_images=None, calibration_batches=s.calibration_batches,
+        calibration_batch_size=s.calibration_batch_size, recalibrate_bn=s.recalibrate_bn, seed=experiment.seed,
+        device="cpu",
+    )
+    print(f"machine: {machine_summary()}\n")
+    rows = []
+    for method in args.methods:
+        settings = experiment.method_settings(method)
+        if method == "random_search":
+            settings.setdefault("num_masks", args.num_masks)
+        for target in args.targets:
+            for seed in args.seeds:
+                out_dir = Path(tempfile.mkdtemp(prefix="method_seeds_"))
+                try:
+                    context = MethodContext(setup.model, setup.groups, setup.cost, setup.graph, setup.evaluator,
+                                            seed, out_dir)
+                    result = get_method(method).search(context, parse_target(target), settings)
+                finally:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                rows.append({"method": method, "target": target, "seed": seed,
+                             "search_top1": setup.evaluator(result.mask), "test_top1": test_scorer(result.mask),
+                             "flops_ratio": result.record["flops_ratio"],
+                             "masks_evaluated": result.record["masks_evaluated"],
+                             "search_seconds": result.record["search_seconds"]})
+                print(pd.DataFrame(rows[-1:]).round(4).to_string(index=False, header=len(rows) == 1), flush=True)
+    table = pd.DataFrame(rows).drop(columns="seed").groupby(["method", "target"])
+    print("\nmean (std) over seeds:")
+    print((table.mean().round(4).astype(str) + " (" + table.std().round(4).astype(str) + ")").to_string())
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # reproducible timings on a shared 2-core machine
+    main()
