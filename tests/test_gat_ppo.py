@@ -68,15 +68,28 @@ def toy():
     return planted_toy()
 
 
-def make_env(toy, target="flops0.5", layout=None, wall=False):
+def make_env(toy, target="flops0.5", layout=None, wall=False, action="binary"):
     model, groups, cost, evaluator, graph = toy
     layout = layout or EpisodeLayout.per_group(groups.sizes, range(len(groups)))
     context = MethodContext(model, groups, cost, graph, evaluator)
-    return PruningEnv(layout, cost, parse_target(target), evaluator, repair_scores(context), feasibility_wall=wall)
+    return PruningEnv(layout, cost, parse_target(target), evaluator, repair_scores(context), feasibility_wall=wall,
+                      action=action)
 
 
-def test_env_passes_gymnasium_checker(toy):
-    check_env(make_env(toy), skip_render_check=True)
+@pytest.mark.parametrize("action", ["binary", "ratio"])
+def test_env_passes_gymnasium_checker(toy, action):
+    check_env(make_env(toy, action=action), skip_render_check=True)
+
+
+def test_ratio_action_keeps_that_fraction_of_the_most_important_channels(toy):
+    model, groups, cost, evaluator, graph = toy
+    env = make_env(toy, "flops1", action="ratio")
+    env.reset()
+    obs, *_ = env.step(np.array([0.5], dtype=np.float32))
+    kept = obs["kept"][: groups.sizes[0]].astype(bool)
+    assert kept.sum() == 6
+    scores = repair_scores(MethodContext(model, groups, cost, graph, evaluator))[0]
+    assert scores[kept].min() >= scores[~kept].max()
 
 
 def test_env_episode_ends_with_a_feasible_mask_and_reports_overshoot(toy):
@@ -225,10 +238,13 @@ def test_checkpoint_of_other_settings_starts_over(toy, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "log.csv"), pd.read_csv(tmp_path / "fresh" / "log.csv"))
 
 
-def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path):
+@pytest.mark.parametrize("policy", [{}, {"encoder": "mlp"}, {"action": "ratio"}], ids=["gat", "mlp", "ratio"])
+def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path, policy):
+    """Every ablation switch runs through the same method, loop and checks."""
     model, groups, cost, evaluator, graph = toy
     context = MethodContext(model, groups, cost, graph, evaluator, seed=0, out_dir=tmp_path)
-    result = get_method("gat_ppo").search(context, parse_target("flops0.3"), small_settings(episodes=32).to_dict())
+    settings = small_settings(episodes=32, policy=policy).to_dict()
+    result = get_method("gat_ppo").search(context, parse_target("flops0.3"), settings)
     assert cost.meets(parse_target("flops0.3"), result.mask.counts)
     assert result.record["episodes"] == 32
     assert 1 <= result.record["masks_evaluated"] <= 32

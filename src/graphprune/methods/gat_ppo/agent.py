@@ -38,6 +38,8 @@ from graphprune.methods.gat_ppo.policy import (
     IndependentBernoulli,
     KeepActor,
     PolicySettings,
+    RatioActor,
+    gaussian_ratio,
 )
 from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
 from graphprune.pruning import Mask
@@ -87,6 +89,8 @@ class AgentSettings:
             raise GraphpruneError(f"search.vector_env must be 'dummy' or 'subprocess', got {self.vector_env!r}")
         if self.episode not in ("per_group", "one_shot"):
             raise GraphpruneError(f"search.episode must be 'per_group' or 'one_shot', got {self.episode!r}")
+        if self.policy.action == "ratio" and self.episode != "per_group":
+            raise GraphpruneError("search.methods.gat_ppo: policy.action 'ratio' needs episode 'per_group'")
         if self.episodes_per_iteration % self.num_envs:
             raise GraphpruneError("search.episodes_per_iteration must be a multiple of search.num_envs")
 
@@ -119,7 +123,7 @@ class GatPpoSearch:
 
         def make_env() -> PruningEnv:
             return PruningEnv(self.layout, cost, budget, evaluate, importance, min_channels,
-                              feasibility_wall=settings.feasibility_wall)
+                              feasibility_wall=settings.feasibility_wall, action=settings.policy.action)
 
         self.make_env = make_env
         vector_env = DummyVectorEnv if settings.vector_env == "dummy" else SubprocVectorEnv
@@ -129,12 +133,13 @@ class GatPpoSearch:
         np.random.seed(seed)
         random.seed(seed)
         encoder = GraphEncoder(graph, settings.policy)
-        actor = KeepActor(encoder, self.layout, budget.ratio, settings.policy.hidden)
+        binary = settings.policy.action == "binary"
+        actor = (KeepActor if binary else RatioActor)(encoder, self.layout, budget.ratio, settings.policy.hidden)
         critic = GraphCritic(encoder, settings.policy.hidden)
         probe = make_env()
         self.encoder = encoder
         policy = ProbabilisticActorPolicy(
-            actor=actor, dist_fn=IndependentBernoulli, action_space=probe.action_space,
+            actor=actor, dist_fn=IndependentBernoulli if binary else gaussian_ratio, action_space=probe.action_space,
             observation_space=probe.observation_space, deterministic_eval=True, action_scaling=False,
             action_bound_method=None,
         )
@@ -200,7 +205,9 @@ class GatPpoSearch:
         return mask, accuracy
 
     def keep_probabilities(self) -> np.ndarray:
-        """[C]: the policy's keep probability of every channel, along its greedy episode."""
+        """[C]: the policy's keep probability of every channel, along its greedy episode (binary actions)."""
+        if self.settings.policy.action != "binary":
+            raise ValueError("keep probabilities exist for binary actions only")
         return self._greedy_episode()[2]
 
     def _greedy_episode(self) -> tuple[Mask, float, np.ndarray]:
@@ -212,7 +219,8 @@ class GatPpoSearch:
             for t in range(len(self.layout.steps)):
                 out = self.algorithm.policy(Batch(obs=Batch({k: v[None] for k, v in obs.items()}), info={}))
                 channels = self.layout.step_channels(t)
-                probabilities[channels] = torch.sigmoid(out.logits[0, : len(channels)]).cpu().numpy()
+                if self.settings.policy.action == "binary":
+                    probabilities[channels] = torch.sigmoid(out.logits[0, : len(channels)]).cpu().numpy()
                 obs, _, done, _, info = env.step(np.asarray(out.act[0]))
         assert done, "an episode has one step per entry of the layout"
         flags = np.asarray(info["kept_flags"], dtype=bool)

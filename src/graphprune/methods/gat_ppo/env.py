@@ -74,11 +74,14 @@ class PruningEnv(gym.Env):
 
     def __init__(self, layout: EpisodeLayout, cost: CostModel, budget: Budget,
                  evaluate: Callable[[Mask], float], importance: Sequence[np.ndarray], min_channels: int = 1,
-                 feasibility_wall: bool = False):
+                 feasibility_wall: bool = False, action: str = "binary"):
         self.layout, self.cost, self.budget, self.evaluate = layout, cost, budget, evaluate
         self.importance = [np.asarray(i, dtype=np.float64) for i in importance]
         self.min_channels = min_channels
         self.feasibility_wall = feasibility_wall
+        if action == "ratio" and any(len(groups) != 1 for groups in layout.steps):
+            raise ValueError("ratio actions decide one group per step: use the per-group episode layout")
+        self.action = action
         self.num_steps = len(layout.steps)
         self._step_channels = [layout.step_channels(t) for t in range(self.num_steps)]
         self._offsets = layout.offsets
@@ -88,9 +91,11 @@ class PruningEnv(gym.Env):
             "decided": gym.spaces.Box(0.0, 1.0, (channels,), np.float32),
             "step": gym.spaces.Box(0, self.num_steps, (1,), np.int64),
             "budget": gym.spaces.Box(-1.0, 1.0, (len(BUDGET_FEATURES),), np.float32),  # ratios and differences
-            "action_mask": gym.spaces.MultiBinary(width),
+            "action_mask": gym.spaces.MultiBinary(width),  # which channels the step decides
         })
-        self.action_space = gym.spaces.MultiBinary(width)
+        # binary: keep bits padded to the widest step; ratio (ablation): the fraction of the group to keep.
+        self.action_space = (gym.spaces.MultiBinary(width) if action == "binary"
+                             else gym.spaces.Box(0.0, 1.0, (1,), np.float32))
         cost.check_feasible(budget)
         self._min_counts = np.asarray(cost.min_counts)
         self.step_seconds = 0.0  # everything inside step(), evaluation included
@@ -114,7 +119,7 @@ class PruningEnv(gym.Env):
 
     def _step(self, action):
         channels = self._step_channels[self.t]
-        keep = np.asarray(action[: len(channels)]).astype(bool)  # Tianshou passes floats 0./1.
+        keep = self._keep_bits(action, self.layout.steps[self.t], len(channels))
         self.agent_kept[channels] = keep
         self.kept[channels] = keep
         self.decided[channels] = True
@@ -127,6 +132,15 @@ class PruningEnv(gym.Env):
         if self.t < self.num_steps:
             return self._observation(), 0.0, False, False, self._info()
         return self._finish()
+
+    def _keep_bits(self, action, step_groups: Sequence[int], width: int) -> np.ndarray:
+        if self.action == "binary":
+            return np.asarray(action[:width]).astype(bool)  # Tianshou passes floats 0./1.
+        (g,) = step_groups  # ratio: keep that fraction of the group's most important channels
+        count = int(np.floor(float(np.clip(np.asarray(action).reshape(-1)[0], 0.0, 1.0)) * width + 0.5))
+        keep = np.zeros(width, dtype=bool)
+        keep[np.argsort(-self.importance[g])[:count]] = True
+        return keep
 
     def _wall(self, step_groups: Sequence[int]) -> int:
         """AMC's feasibility wall: if the groups still to come could not meet the budget even at their minimum,
@@ -203,7 +217,7 @@ class PruningEnv(gym.Env):
             self.budget.ratio, ratio_now, ratio_min, ratio_now - self.budget.ratio, self.t / self.num_steps,
             self.kept.sum() / decided if decided else 1.0,
         ], dtype=np.float32)
-        action_mask = np.zeros(self.action_space.n, dtype=np.int8)
+        action_mask = np.zeros(self.layout.width, dtype=np.int8)
         if self.t < self.num_steps:
             action_mask[: len(self._step_channels[self.t])] = 1
         return {

@@ -20,11 +20,13 @@ from graphprune.methods.gat_ppo.env import BUDGET_FEATURES, EpisodeLayout
 
 PADDED_LOGIT = -1e4  # not -inf: log-prob and entropy of padded slots must stay finite (Tianshou pitfall 6)
 ENCODERS = ("gat", "mlp")
+ACTIONS = ("binary", "ratio")
 
 
 @dataclass(frozen=True)
 class PolicySettings:
     encoder: str = "gat"
+    action: str = "binary"  # "ratio": one continuous keep ratio per group (ablation)
     hidden: int = 32
     heads: int = 2
     layers: int = 2
@@ -32,6 +34,8 @@ class PolicySettings:
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
 
 
 class IndependentBernoulli(torch.distributions.Independent):
@@ -167,36 +171,70 @@ def _mean_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
     return torch.sparse_coo_tensor(indices, values, (num_nodes, num_nodes), check_invariants=True).coalesce()
 
 
-class KeepActor(nn.Module):
-    """Keep logits of the channels decided at the current step: forward(obs) -> (logits [B, W], state).
-
-    The output bias starts at logit(sqrt(budget)): keeping a fraction k of every layer's inputs and outputs
-    keeps about k^2 of the FLOPs, so first samples land near the budget instead of at 50% of the channels.
-    """
+class _StepActor(nn.Module):
+    """Finds the channel nodes the current step decides (slot_nodes [T, W]: node ids, -1 = padding); `head`
+    maps an embedding + budget features to one number, starting at logit(sqrt(budget))."""
 
     def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int):
         super().__init__()
         self.encoder = encoder
-        width = layout.width
-        slots = np.full((len(layout.steps), width), -1, dtype=np.int64)
+        self.head = nn.Sequential(nn.Linear(hidden + len(BUDGET_FEATURES), hidden), nn.ELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.constant_(self.head[-1].bias, _logit_of_sqrt(budget_ratio))
+        slots = np.full((len(layout.steps), layout.width), -1, dtype=np.int64)
         for t in range(len(layout.steps)):
             nodes = layout.step_channels(t)  # channel node ids equal flat channel indices
             slots[t, : len(nodes)] = nodes
-        self.register_buffer("slot_nodes", torch.as_tensor(slots))  # [T, W], -1 = padding
-        self.head = nn.Sequential(nn.Linear(hidden + len(BUDGET_FEATURES), hidden), nn.ELU(), nn.Linear(hidden, 1))
-        keep = min(max(math.sqrt(budget_ratio), 0.05), 0.95)
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.constant_(self.head[-1].bias, math.log(keep / (1 - keep)))
+        self.register_buffer("slot_nodes", torch.as_tensor(slots))
 
-    def forward(self, obs, state=None, info=None) -> tuple[Tensor, None]:
+    def step_embeddings(self, obs) -> tuple[Tensor, Tensor, Tensor]:
+        """(embeddings [B, W, H] of the step's channels, valid [B, W], budget [B, K])."""
         step = torch.as_tensor(obs.step, device=self.slot_nodes.device).long().reshape(-1)
         step = step.clamp(max=self.slot_nodes.shape[0] - 1)  # the terminal observation is never acted on
         nodes = self.slot_nodes[step]  # [B, W]
-        valid = nodes >= 0
-        chosen, budget = self.encoder(obs, nodes.clamp(min=0))  # [B, W, H], [B, K]
+        chosen, budget = self.encoder(obs, nodes.clamp(min=0))
+        return chosen, nodes >= 0, budget
+
+
+def _logit_of_sqrt(budget_ratio: float) -> float:
+    """logit(sqrt(budget)): keeping a fraction k of every layer's inputs and outputs keeps about k^2 of the
+    FLOPs, so first samples land near the budget instead of at half the channels."""
+    keep = min(max(math.sqrt(budget_ratio), 0.05), 0.95)
+    return math.log(keep / (1 - keep))
+
+
+class KeepActor(_StepActor):
+    """Keep logits of the channels decided at the current step: forward(obs) -> (logits [B, W], state)."""
+
+    def forward(self, obs, state=None, info=None) -> tuple[Tensor, None]:
+        chosen, valid, budget = self.step_embeddings(obs)  # [B, W, H], [B, W], [B, K]
         features = torch.cat([chosen, budget[:, None, :].expand(-1, chosen.shape[1], -1)], dim=-1)
         logits = self.head(features).squeeze(-1)  # [B, W]
         return logits.masked_fill(~valid, PADDED_LOGIT), state
+
+
+class RatioActor(_StepActor):
+    """The `ratio` ablation: one keep ratio for the current group from its channels' pooled embeddings.
+
+    forward(obs) -> ((mean [B, 1], std [B, 1]), state) of a Gaussian; the environment clips samples to [0, 1]
+    and keeps that fraction of the group's most important channels. Same encoder, same training loop.
+    """
+
+    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int):
+        super().__init__(encoder, layout, budget_ratio, hidden)
+        self.log_std = nn.Parameter(torch.full((1,), math.log(0.15)))
+
+    def forward(self, obs, state=None, info=None) -> tuple[tuple[Tensor, Tensor], None]:
+        chosen, valid, budget = self.step_embeddings(obs)
+        weights = valid.float()[..., None]
+        pooled = (chosen * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
+        mean = torch.sigmoid(self.head(torch.cat([pooled, budget], dim=-1)))  # [B, 1]
+        return (mean, self.log_std.exp().expand_as(mean)), state
+
+
+def gaussian_ratio(parameters: tuple[Tensor, Tensor]) -> torch.distributions.Distribution:
+    mean, std = parameters
+    return torch.distributions.Independent(torch.distributions.Normal(mean, std), 1)
 
 
 class GraphCritic(nn.Module):
