@@ -24,15 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from common import machine_summary
+from common import machine_summary, trained_setup
 
-from graphprune.commands.pretrain import pretrain
-from graphprune.config import load_config
 from graphprune.cost import parse_target
-from graphprune.data import load_splits
 from graphprune.methods.base import MethodContext, get_method
-from graphprune.search_eval import build_search_evaluator
-from graphprune.selection import load_setup
 
 RANDOM_MASKS = 20
 
@@ -47,18 +42,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="override the agent's episodes")
     args = parser.parse_args()
 
-    config = load_config(args.config)
-    experiment = config.experiment(args.experiment)
-    if not Path(config.paths(experiment.name).baseline_model()).exists():
-        pretrain(config, experiment)
-    setup = load_setup(config, experiment)
-    splits = load_splits(experiment.dataset)
-    s = experiment.search
-    test_scorer = build_search_evaluator(  # the same BN recalibration, scored on the test split
-        setup.model, setup.groups, splits.test, splits.train, search_images=None,
-        calibration_batches=s.calibration_batches, calibration_batch_size=s.calibration_batch_size,
-        recalibrate_bn=s.recalibrate_bn, seed=experiment.seed, device="cpu",
-    )
+    experiment, setup, test_scorer = trained_setup(args.config, args.experiment)
     agent_settings = experiment.method_settings("gat_ppo")
     if args.reward:
         agent_settings["reward"] = {**agent_settings.get("reward", {}), "kind": args.reward}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,3 +34,29 @@ def machine_summary() -> str:
 def l1_uniform_mask(model: nn.Module, groups: ChannelGroups, cost: CostModel, budget: Budget) -> Mask:
     """The `l1_uniform` heuristic's mask: the same keep fraction in every group, largest-L1 filters kept."""
     return get_method("l1_uniform").search(MethodContext(model, groups, cost), budget).mask
+
+
+def trained_setup(config_path: str, experiment_name: str):
+    """(experiment, PruningSetup, test scorer) of a config's experiment, pretraining its baseline if absent.
+
+    The test scorer is a SearchEvaluator on the test split with the search's BN recalibration: benchmarks
+    report test accuracy of masks before fine-tuning with it (searches never see it)."""
+    from graphprune.commands.pretrain import pretrain
+    from graphprune.config import load_config
+    from graphprune.data import load_splits
+    from graphprune.search_eval import build_search_evaluator
+    from graphprune.selection import load_setup
+
+    config = load_config(config_path)
+    experiment = config.experiment(experiment_name)
+    if not Path(config.paths(experiment.name).baseline_model()).exists():
+        pretrain(config, experiment)
+    setup = load_setup(config, experiment)
+    splits = load_splits(experiment.dataset)
+    s = experiment.search
+    test_scorer = build_search_evaluator(
+        setup.model, setup.groups, splits.test, splits.train, search_images=None,
+        calibration_batches=s.calibration_batches, calibration_batch_size=s.calibration_batch_size,
+        recalibrate_bn=s.recalibrate_bn, seed=experiment.seed, device="cpu",
+    )
+    return experiment, setup, test_scorer

@@ -18,15 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from common import machine_summary
+from common import machine_summary, trained_setup
 
-from graphprune.commands.pretrain import pretrain
-from graphprune.config import load_config
 from graphprune.cost import parse_target
-from graphprune.data import load_splits
 from graphprune.methods.base import MethodContext, get_method
-from graphprune.search_eval import build_search_evaluator
-from graphprune.selection import load_setup
 
 
 def main() -> None:
@@ -39,19 +34,7 @@ def main() -> None:
     parser.add_argument("--num-masks", type=int, default=512, help="random_search's evaluations")
     args = parser.parse_args()
 
-    config = load_config(args.config)
-    experiment = config.experiment(args.experiment)
-    if not Path(config.paths(experiment.name).baseline_model()).exists():
-        pretrain(config, experiment)
-    setup = load_setup(config, experiment)
-    s = experiment.search
-    splits = load_splits(experiment.dataset)
-    test_scorer = build_search_evaluator(
-        setup.model, setup.groups, splits.test, splits.train,
-        search_images=None, calibration_batches=s.calibration_batches,
-        calibration_batch_size=s.calibration_batch_size, recalibrate_bn=s.recalibrate_bn, seed=experiment.seed,
-        device="cpu",
-    )
+    experiment, setup, test_scorer = trained_setup(args.config, args.experiment)
     print(f"machine: {machine_summary()}\n")
     rows = []
     for method in args.methods:
