@@ -58,7 +58,8 @@ class SearchEvaluator:
             return self._cache[key]
         start = time.perf_counter()
         was_training = self.model.training
-        saved = [_bn_state(bn) for bn in self._bns] if self.recalibrate_bn else []
+        # recalibrate_batch_norm puts momentum and modes back itself; the statistics are restored here.
+        saved = [_bn_buffers(bn) for bn in self._bns] if self.recalibrate_bn else []
         self.model.eval()
         try:
             with ChannelMasker(self.model, self.groups, mask), torch.no_grad():
@@ -81,17 +82,13 @@ class SearchEvaluator:
         return correct / len(self.labels)
 
 
-def _bn_state(bn: nn.Module) -> dict:
-    return {
-        "momentum": bn.momentum,
-        "buffers": {name: buf.clone() for name, buf in bn.named_buffers(recurse=False)},
-    }
+def _bn_buffers(bn: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buf.clone() for name, buf in bn.named_buffers(recurse=False)}
 
 
-def _restore_bn(bn: nn.Module, state: dict) -> None:
-    bn.momentum = state["momentum"]
+def _restore_bn(bn: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
     for name, buf in bn.named_buffers(recurse=False):
-        buf.copy_(state["buffers"][name])
+        buf.copy_(buffers[name])
 
 
 def materialize(dataset: Dataset, count: int | None, batch_size: int, seed: int,

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from graphprune.commands.common import add_experiment_arguments, load_experiment
+from graphprune.commands.common import add_experiment_arguments, add_method_target_arguments, load_experiment
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("search", help="choose a pruning mask with one method under one budget")
     add_experiment_arguments(parser)
-    parser.add_argument("--method", required=True, help="pruning method (registry name, e.g. gat_ppo)")
-    parser.add_argument("--target", required=True, help="budget, e.g. flops0.5 or params0.3")
+    add_method_target_arguments(parser)
     parser.set_defaults(run=_run)
 
 
