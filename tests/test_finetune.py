@@ -27,5 +27,5 @@ def test_finetune_names_the_command_that_writes_a_missing_input(tiny_config, cap
         capsys.readouterr().err)
     assert main(["pretrain", "--config", str(tiny_config), "--experiment", "tiny"]) == 0
     assert main(args) == 2
-    assert "l1_uniform/flops0.5/mask.pt does not exist; `graphprune search --experiment tiny --method l1_uniform" in (
+    assert "l1_uniform/flops0.5/seed3/mask.pt does not exist; `graphprune search --experiment tiny --method l1_uniform" in (
         capsys.readouterr().err)

@@ -11,7 +11,7 @@ from torch import nn
 
 from graphprune.cost import CostModel, parse_target
 from graphprune.graph import build_graph
-from graphprune.methods.base import MethodContext, get_method
+from graphprune.methods.base import BudgetedEvaluator, MethodContext, get_method
 from graphprune.methods.gat_ppo import repair_scores
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
 from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
@@ -202,16 +202,17 @@ def test_lagrange_multiplier_dual_ascent():
 
 
 def small_settings(**overrides) -> AgentSettings:
-    base = dict(episodes=64, episodes_per_iteration=16, num_envs=4, update_repeats=2, batch_size=64)
+    base = dict(episodes_per_iteration=16, num_envs=4, update_repeats=2, batch_size=64)
     base.update(overrides)
     return AgentSettings(**base)
 
 
-def run_search(toy, out_dir, settings, stop_after=None, target="flops0.5"):
+def run_search(toy, out_dir, settings, evaluations, stop_after=None, target="flops0.5"):
     model, groups, cost, evaluator, graph = toy
     context = MethodContext(model, groups, cost, graph, evaluator)
-    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target(target), evaluator,
-                          repair_scores(context), settings, seed=3, out_dir=out_dir)
+    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target(target),
+                          BudgetedEvaluator(evaluator, evaluations), repair_scores(context), settings, seed=3,
+                          out_dir=out_dir)
     try:
         return search, search.run(stop_after_iterations=stop_after)
     finally:
@@ -219,22 +220,22 @@ def run_search(toy, out_dir, settings, stop_after=None, target="flops0.5"):
 
 
 def test_interrupted_search_resumes_exactly(toy, tmp_path):
-    settings = small_settings(episodes=48)
-    _, whole = run_search(toy, tmp_path / "whole", settings)
-    run_search(toy, tmp_path / "resumed", settings, stop_after=1)
+    settings = small_settings()
+    _, whole = run_search(toy, tmp_path / "whole", settings, evaluations=48)
+    run_search(toy, tmp_path / "resumed", settings, evaluations=48, stop_after=1)
     first_part = pd.read_csv(tmp_path / "resumed" / "log.csv")
     assert len(first_part) == 16
-    _, resumed = run_search(toy, tmp_path / "resumed", settings)
+    _, resumed = run_search(toy, tmp_path / "resumed", settings, evaluations=48)
     expected = pd.read_csv(tmp_path / "whole" / "log.csv")
     got = pd.read_csv(tmp_path / "resumed" / "log.csv")
     pd.testing.assert_frame_equal(got, expected)
-    assert resumed.mask == whole.mask
+    assert resumed.mask == whole.mask and resumed.masks_evaluated == whole.masks_evaluated == 48
 
 
 def test_checkpoint_of_other_settings_starts_over(toy, tmp_path):
-    run_search(toy, tmp_path, small_settings(episodes=16))
-    run_search(toy, tmp_path / "fresh", small_settings(episodes=16, lr=0.01))
-    run_search(toy, tmp_path, small_settings(episodes=16, lr=0.01))  # finds the lr=1e-3 checkpoint
+    run_search(toy, tmp_path, small_settings(), evaluations=16)
+    run_search(toy, tmp_path / "fresh", small_settings(lr=0.01), evaluations=16)
+    run_search(toy, tmp_path, small_settings(lr=0.01), evaluations=16)  # finds the lr=1e-3 checkpoint
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "log.csv"), pd.read_csv(tmp_path / "fresh" / "log.csv"))
 
 
@@ -242,12 +243,12 @@ def test_checkpoint_of_other_settings_starts_over(toy, tmp_path):
 def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path, policy):
     """Every ablation switch runs through the same method, loop and checks."""
     model, groups, cost, evaluator, graph = toy
-    context = MethodContext(model, groups, cost, graph, evaluator, seed=0, out_dir=tmp_path)
-    settings = small_settings(episodes=32, policy=policy).to_dict()
+    context = MethodContext(model, groups, cost, graph, evaluator, seed=0, out_dir=tmp_path, evaluations=32)
+    settings = small_settings(policy=policy).to_dict()
     result = get_method("gat_ppo").search(context, parse_target("flops0.3"), settings)
     assert cost.meets(parse_target("flops0.3"), result.mask.counts)
-    assert result.record["episodes"] == 32
-    assert 1 <= result.record["masks_evaluated"] <= 32
+    assert result.record["masks_evaluated"] == 32 == result.record["evaluations"]  # the budget, exactly
+    assert result.record["episodes"] >= 32 and result.record["stop_reason"] == "evaluations"
     assert (tmp_path / "log.csv").exists() and (tmp_path / "agent.pt").exists()
     shares = result.record["time_share"]
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
@@ -261,10 +262,11 @@ def test_agent_learns_to_prune_planted_dead_channels(toy, tmp_path):
     model, groups, cost, evaluator, graph = toy
     rng = np.random.default_rng(0)
     uninformative = [rng.random(size) for size in groups.sizes]
-    settings = small_settings(episodes=256, episodes_per_iteration=32, num_envs=8, lr=3e-3, update_repeats=10,
+    settings = small_settings(episodes_per_iteration=32, num_envs=8, lr=3e-3, update_repeats=10,
                               batch_size=32, feasibility_wall=True)
-    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.5"), evaluator,
-                          uninformative, settings, seed=3, out_dir=tmp_path)  # seeded: the run is exact on CPU
+    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.5"),
+                          BudgetedEvaluator(evaluator, 256), uninformative, settings, seed=3,
+                          out_dir=tmp_path)  # seeded: the run is exact on CPU
     try:
         search.run()
         keep = search.keep_probabilities().reshape(len(groups), -1)  # [groups, 12]

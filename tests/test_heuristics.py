@@ -11,12 +11,20 @@ from torch import nn
 from graphprune.cost import CostModel, parse_target
 from graphprune.errors import GraphpruneError
 from graphprune.methods import MethodContext, available_methods, get_method
-from graphprune.methods.base import counts_for_ratios, largest_scaled_counts, remove_to_budget
+from graphprune.methods.base import (
+    BudgetedEvaluator,
+    EvaluationBudgetExhausted,
+    counts_for_ratios,
+    keep_top,
+    largest_scaled_counts,
+    remove_to_budget,
+)
 from graphprune.methods.heuristics import bn_gamma_scores, depgraph_scores, filter_l1_scores
 from graphprune.models import ModelSpec, build_model
 from graphprune.pruning import ChannelGroups, Mask
 
-HEURISTICS = ["random", "l1_uniform", "global_bn", "depgraph", "random_search"]
+RATIO_SEARCHES = ["random_search", "l1_ratio_search"]
+HEURISTICS = ["random", "l1_uniform", "global_bn", "depgraph", *RATIO_SEARCHES]
 TARGETS = ["flops0.5", "flops0.3", "params0.3"]
 MODELS = {"resnet20-1x8": ModelSpec("resnet20", in_channels=1, input_size=8), "mobilenetv2": ModelSpec("mobilenetv2")}
 
@@ -37,7 +45,8 @@ def context_for(model_key: str, min_channels: int = 1) -> MethodContext:
     spec = MODELS[model_key]
     model = randomise_weights(build_model(spec), seed=1)
     groups = ChannelGroups(model, spec.input_shape, min_channels)
-    return MethodContext(model, groups, CostModel(model, groups), evaluator=lambda mask: sum(mask.counts), seed=3)
+    return MethodContext(model, groups, CostModel(model, groups), evaluator=lambda mask: sum(mask.counts), seed=3,
+                         evaluations=3)
 
 
 def assert_feasible(context: MethodContext, target: str, mask: Mask) -> None:
@@ -51,11 +60,11 @@ def assert_feasible(context: MethodContext, target: str, mask: Mask) -> None:
 @pytest.mark.parametrize("method", HEURISTICS)
 def test_every_heuristic_meets_the_budget(method, model_key, target):
     context = context_for(model_key)
-    result = get_method(method).search(context, parse_target(target), {"num_masks": 3} if method == "random_search" else None)
+    result = get_method(method).search(context, parse_target(target))
     assert_feasible(context, target, result.mask)
     record = result.record
     assert record["method"] == method and record["target"] == target and record["notes"]
-    assert record["search_seconds"] >= 0 and record["masks_evaluated"] == (3 if method == "random_search" else 0)
+    assert record["search_seconds"] >= 0 and record["masks_evaluated"] == (3 if method in RATIO_SEARCHES else 0)
     metric = parse_target(target).metric
     assert record[f"{metric}_ratio"] == context.cost.ratio(metric, result.mask.counts) <= parse_target(target).ratio
     # Close to the budget, not far below it: each method spends what it is given.
@@ -65,7 +74,7 @@ def test_every_heuristic_meets_the_budget(method, model_key, target):
 @pytest.mark.parametrize("method", HEURISTICS)
 def test_heuristics_keep_a_larger_minimum(method):
     context = context_for("resnet20-1x8", min_channels=4)
-    result = get_method(method).search(context, parse_target("flops0.3"), {"num_masks": 2} if method == "random_search" else None)
+    result = get_method(method).search(context, parse_target("flops0.3"))
     assert_feasible(context, "flops0.3", result.mask)
 
 
@@ -77,10 +86,10 @@ def test_registry_lists_the_heuristics_and_refuses_unknown_names():
 
 def test_unknown_settings_and_impossible_budgets_are_user_errors():
     context = context_for("resnet20-1x8")
-    with pytest.raises(GraphpruneError, match="unknown setting.*num_mask .*accepts: min_ratio, num_masks"):
-        get_method("random_search").search(context, parse_target("flops0.5"), {"num_mask": 3})
+    with pytest.raises(GraphpruneError, match="unknown setting.*num_masks .*accepts: min_ratio"):
+        get_method("random_search").search(context, parse_target("flops0.5"), {"num_masks": 3})
     with pytest.raises(GraphpruneError, match="accepts: none"):
-        get_method("l1_uniform").search(context, parse_target("flops0.5"), {"num_masks": 3})
+        get_method("l1_uniform").search(context, parse_target("flops0.5"), {"min_ratio": 0.1})
     with pytest.raises(GraphpruneError, match="impossible.*at least"):
         get_method("global_bn").search(context, parse_target("flops0.001"))
 
@@ -159,7 +168,8 @@ def test_random_methods_follow_the_seed():
     assert get_method("random").search(other, budget).mask != first
 
 
-def test_random_search_returns_the_best_of_exactly_n_masks():
+@pytest.mark.parametrize("method", ["random_search", "l1_ratio_search"])
+def test_ratio_searches_return_the_best_of_exactly_n_masks(method):
     context = context_for("resnet20-1x8")
     scored: list[tuple[float, Mask]] = []
 
@@ -168,14 +178,37 @@ def test_random_search_returns_the_best_of_exactly_n_masks():
         scored.append((accuracy, mask))
         return accuracy
 
-    search_context = MethodContext(context.model, context.groups, context.cost, evaluator=toy_accuracy, seed=5)
-    result = get_method("random_search").search(search_context, parse_target("flops0.5"), {"num_masks": 7})
-    assert len(scored) == 7 and result.record["masks_evaluated"] == 7
+    search_context = MethodContext(context.model, context.groups, context.cost, evaluator=toy_accuracy, seed=5,
+                                   evaluations=7)
+    result = get_method(method).search(search_context, parse_target("flops0.5"))
+    assert len(scored) == 7 and result.record["masks_evaluated"] == 7 == result.record["evaluations"]
     best_accuracy, best_mask = max(scored, key=lambda item: item[0])
     assert result.mask == best_mask and result.record["best_search_top1"] == best_accuracy
     assert len({mask for _, mask in scored}) == 7  # distinct random per-group ratios
+    l1 = filter_l1_scores(context.model, context.groups)
     for _, mask in scored:
         assert_feasible(search_context, "flops0.5", mask)
+        if method == "l1_ratio_search":  # inside each group, the largest filters stay
+            assert mask == keep_top(l1, mask.counts)
+    if method == "random_search":
+        assert any(mask != keep_top(l1, mask.counts) for _, mask in scored)
+
+
+def test_budgeted_evaluator_counts_distinct_masks_and_stops_at_its_limit():
+    context = context_for("resnet20-1x8")
+    calls = []
+    evaluator = BudgetedEvaluator(lambda mask: calls.append(mask) or 0.5, limit=2)
+    full, uniform = context.groups.full_mask(), keep_top(filter_l1_scores(context.model, context.groups),
+                                                         [max(1, s // 2) for s in context.groups.sizes])
+    assert evaluator(full) == 0.5 and evaluator(full) == 0.5  # a repeat costs no evaluation
+    assert evaluator.masks_evaluated == 1 and evaluator.remaining == 1 and not evaluator.exhausted
+    evaluator(uniform)
+    assert evaluator.exhausted and evaluator.masks_evaluated == 2
+    evaluator(full)  # seen masks stay free once the budget is spent
+    smaller = keep_top(filter_l1_scores(context.model, context.groups), [1] * len(context.groups.sizes))
+    with pytest.raises(EvaluationBudgetExhausted):
+        evaluator(smaller)
+    assert evaluator.unmetered(smaller) == 0.5 and evaluator.masks_evaluated == 2  # diagnostics are not counted
 
 
 def test_random_search_needs_an_evaluator():

@@ -1,9 +1,10 @@
 """The whole pipeline through real Snakemake on a tiny digits config, then partial reruns.
 
-One module-scoped run (pretrain 2 epochs, l1_uniform and a 32-episode gat_ppo search, 1-epoch fine-tunes,
-report) is checked for the summary table, the figures, `snakemake --report`, and a no-op dry run; dry runs
-then check that asking for one result plans only its upstream chain and that changing one method's settings
-replans only that method.
+One module-scoped run (pretrain 2 epochs, l1_uniform, and random_search and gat_ppo with 32 evaluations each,
+1-epoch fine-tunes, report) is checked for the summary table, equal search budgets, the figures,
+`snakemake --report`, and a no-op dry run; dry runs then check that asking for one result plans only its
+upstream chain, that changing one method's settings replans only that method, and that adding a seed or a
+variant plans only its own jobs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 EXPERIMENT = "tiny-digits"
-METHODS = ["l1_uniform", "gat_ppo"]
+METHODS = ["l1_uniform", "random_search", "gat_ppo"]
+SEARCH_METHODS = ["random_search", "gat_ppo"]
+EVALUATIONS = 32
 TARGET = "flops0.5"
 # The whole DAG must stay this fast: it runs in CI.
 PIPELINE_SECONDS = 300
@@ -42,7 +45,9 @@ TINY_CONFIG = {
         "finetune": {"epochs": 1, "batch_size": 64, "lr": 0.01},
         "targets": [TARGET],
         "methods": METHODS,
-        "search": {"methods": {"gat_ppo": {"episodes": 32, "episodes_per_iteration": 16, "num_envs": 4}}},
+        "seeds": [0],
+        "search": {"evaluations": EVALUATIONS,
+                   "methods": {"gat_ppo": {"episodes_per_iteration": 16, "num_envs": 4}}},
     }},
 }
 
@@ -95,7 +100,7 @@ def test_pipeline_runs_end_to_end_and_reports(finished_run):
 
     summary = pd.read_csv(summary_csv(str(results)), float_precision="round_trip")
     assert sorted(zip(summary["method"], summary["target"], strict=True)) == sorted((m, TARGET) for m in METHODS)
-    assert set(summary["experiment"]) == {EXPERIMENT} and (summary["seeds"] == 1).all()
+    assert set(summary["experiment"]) == {EXPERIMENT} and (summary["n"] == 1).all()
     for row in summary.to_dict("records"):
         for ratio in ("flops_ratio", "params_ratio"):
             assert 0 < row[ratio] <= 1
@@ -106,14 +111,16 @@ def test_pipeline_runs_end_to_end_and_reports(finished_run):
         assert row["latency_ratio_b1"] > 0 and row["latency_ratio_b64"] > 0
         assert row["search_seconds"] >= 0 and row["masks_evaluated"] >= 0
         # The table repeats what the stages measured: cost from the search record, accuracy from fine-tuning.
-        record = json.loads(Path(paths.search_record(row["method"], TARGET)).read_text())
-        metrics = json.loads(Path(paths.finetuned_metrics(row["method"], TARGET)).read_text())
+        record = json.loads(Path(paths.search_record(row["method"], TARGET, 0)).read_text())
+        metrics = json.loads(Path(paths.finetuned_metrics(row["method"], TARGET, 0)).read_text())
         assert row["flops_ratio"] == pytest.approx(record["flops_ratio"], abs=1e-12)
         assert row["test_top1_finetuned"] == metrics["test_top1_finetuned"]
         assert metrics["recipe"]["epochs"] == 1 and metrics["epochs"] == 1
-        history = Path(paths.finetuned_history(row["method"], TARGET)).read_text().splitlines()
+        history = Path(paths.finetuned_history(row["method"], TARGET, 0)).read_text().splitlines()
         assert len(history) == 1 + 1
-    assert summary.set_index("method").loc["gat_ppo", "masks_evaluated"] > 0
+    # One search budget: every search method scored exactly the configured number of distinct masks.
+    masks = summary.set_index("method")["masks_evaluated"]
+    assert all(masks[m] == EVALUATIONS for m in SEARCH_METHODS) and masks["l1_uniform"] == 0
 
     for name in REPORT_FIGURES:
         png = Path(figure(str(results), name)).read_bytes()
@@ -129,7 +136,7 @@ def test_pipeline_runs_end_to_end_and_reports(finished_run):
 
 def test_one_result_plans_only_its_upstream_chain(tmp_path):
     write_config(tmp_path, TINY_CONFIG)
-    target = ResultPaths("results", EXPERIMENT).finetuned_metrics("gat_ppo", TARGET)
+    target = ResultPaths("results", EXPERIMENT).finetuned_metrics("gat_ppo", TARGET, 0)
     jobs = planned_jobs(tmp_path, target)
     assert sorted(rule for rule, _ in jobs) == ["finetune", "graph", "pretrain", "search"]
     assert all(wildcards.get("method", "gat_ppo") == "gat_ppo" for _, wildcards in jobs)
@@ -146,3 +153,21 @@ def test_changing_one_method_replans_only_that_method(finished_run, tmp_path):
         write_config(workdir, TINY_CONFIG)
     assert sorted(rule for rule, _ in jobs) == ["all", "finetune", "report", "search"]
     assert {wildcards["method"] for rule, wildcards in jobs if rule in ("search", "finetune")} == {"gat_ppo"}
+
+
+def test_adding_a_seed_or_a_variant_plans_only_its_own_jobs(finished_run):
+    workdir, _ = finished_run
+    changed = copy.deepcopy(TINY_CONFIG)
+    experiment = changed["experiments"][EXPERIMENT]
+    experiment["seeds"] = [0, 1]
+    experiment["variants"] = {"gat_ppo_mlp": {"method": "gat_ppo", "settings": {"policy": {"encoder": "mlp"}}}}
+    experiment["methods"] = [*METHODS, "gat_ppo_mlp"]
+    write_config(workdir, changed)
+    try:
+        jobs = planned_jobs(workdir)
+    finally:
+        write_config(workdir, TINY_CONFIG)
+    runs = {(w["method"], w["seed"]) for rule, w in jobs if rule in ("search", "finetune")}
+    # seed 1 of every method, both seeds of the new variant, and nothing of seed 0 of the existing methods
+    assert runs == {*((m, "1") for m in METHODS), ("gat_ppo_mlp", "0"), ("gat_ppo_mlp", "1")}
+    assert sorted({rule for rule, _ in jobs}) == ["all", "finetune", "report", "search"]

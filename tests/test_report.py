@@ -10,13 +10,21 @@ import pytest
 from graphprune.config import config_from_dict
 from graphprune.errors import GraphpruneError
 from graphprune.paths import REPORT_FIGURES, figure
-from graphprune.report import KEYS, VALUES, collect_runs, summarize, summary_markdown, write_report
+from graphprune.report import (
+    KEYS,
+    VALUES,
+    best_method_tests,
+    collect_runs,
+    summarize,
+    summary_markdown,
+    write_report,
+)
 
 BASELINE_TOP1 = 0.9
 
 
-def finetuned_metrics(method: str, top1: float) -> dict:
-    return {"seed": 0, "flops_ratio": 0.48, "params_ratio": 0.5, "search_top1": 0.8, "test_top1_pruned": 0.7,
+def finetuned_metrics(method: str, top1: float, seed: int = 0) -> dict:
+    return {"seed": seed, "flops_ratio": 0.48, "params_ratio": 0.5, "search_top1": 0.8, "test_top1_pruned": 0.7,
             "test_top1_finetuned": top1, "latency_ratio_b1": 0.8, "latency_ratio_b64": 0.6,
             "search_seconds": 3.0, "masks_evaluated": 64 if method == "gat_ppo" else 0}
 
@@ -28,18 +36,21 @@ def write_json(path: str, data: dict) -> None:
 
 @pytest.fixture
 def finished_results(tiny_section, tmp_path):
-    """A config with two methods on one target and the files every stage before the report writes."""
-    section = {**tiny_section, "targets": ["flops0.5"], "methods": ["l1_uniform", "gat_ppo"]}
+    """A config with two methods on one target and two seeds, and the files every stage before the report
+    writes: gat_ppo is 3 points better after fine-tuning on both seeds (+- 0.2)."""
+    section = {**tiny_section, "targets": ["flops0.5"], "methods": ["l1_uniform", "gat_ppo"], "seeds": [0, 1]}
     config = config_from_dict({"results_dir": str(tmp_path / "results"), "experiments": {"tiny": section}})
     paths = config.paths("tiny")
     write_json(paths.baseline_metrics(), {"test_top1": BASELINE_TOP1, "flops": 2_000_000, "params": 250_000})
     for method, top1 in (("l1_uniform", 0.85), ("gat_ppo", 0.88)):
-        write_json(paths.finetuned_metrics(method, "flops0.5"), finetuned_metrics(method, top1))
-        write_json(paths.search_record(method, "flops0.5"), {
-            "group_roots": ["layer2.conv1", "layer10.conv1", "conv1"], "group_sizes": [16, 32, 8],
-            "kept_per_group": [8, 16, 8]})
-    log = pd.DataFrame({"episode": range(20), "search_top1": [0.1 * (i % 7) for i in range(20)]})
-    log.to_csv(paths.search_log("gat_ppo", "flops0.5"), index=False)
+        for seed, noise in ((0, -0.002), (1, 0.002)):
+            write_json(paths.finetuned_metrics(method, "flops0.5", seed), finetuned_metrics(method, top1 + noise, seed))
+            write_json(paths.search_record(method, "flops0.5", seed), {
+                "group_roots": ["layer2.conv1", "layer10.conv1", "conv1"], "group_sizes": [16, 32, 8],
+                "kept_per_group": [8, 16 - 8 * seed, 8]})
+            if method == "gat_ppo":
+                log = pd.DataFrame({"episode": range(20), "search_top1": [0.1 * ((i + seed) % 7) for i in range(20)]})
+                log.to_csv(paths.search_log(method, "flops0.5", seed), index=False)
     return config
 
 
@@ -50,10 +61,16 @@ def test_report_writes_tables_and_figures_with_computed_delta(finished_results):
     assert list(summary["method"]) == ["l1_uniform", "gat_ppo"]  # config order
     for row in summary.to_dict("records"):
         assert row["delta_top1"] == pytest.approx(row["test_top1_finetuned"] - BASELINE_TOP1, abs=1e-12)
-        assert row["seeds"] == 1 and math.isnan(row["delta_top1_std"])
+        assert row["n"] == 2 and row["flops_ratio_std"] == 0
+        assert row["delta_top1_std"] == pytest.approx(0.002 * math.sqrt(2))
     markdown = Path(written.summary_md).read_text()
-    assert "| gat_ppo | flops0.5 | 1 | 0.480 | 0.500 | 80.00 | 70.00 | 88.00 | -2.00 | 0.80 | 0.60 | 3.0 | 64 |" in (
-        markdown.splitlines())  # accuracies in percent, no std with one seed
+    # accuracies in percent; a tie (search, pruned) is shown in bold for the first method, never as significant
+    assert ("| gat_ppo | flops0.5 | 2 | 0.480 ± 0.000 | 0.500 ± 0.000 | 80.00 ± 0.00 | 70.00 ± 0.00 | "
+            "**88.00 ± 0.28*** | -2.00 ± 0.28 | 0.80 ± 0.00 | 0.60 ± 0.00 | 3.0 ± 0.0 | 64 ± 0 |") in markdown.splitlines()
+    assert "| flops0.5 | finetuned | gat_ppo | l1_uniform | +3.00 |" in markdown
+    significance = written.significance.set_index("stage")
+    assert significance.loc["finetuned", "best"] == "gat_ppo" and significance.loc["finetuned", "significant"]
+    assert math.isnan(significance.loc["pruned", "p_value"]) and not significance.loc["pruned", "significant"]
     for name in REPORT_FIGURES:
         assert Path(figure(finished_results.results_dir, name)).read_bytes().startswith(b"\x89PNG")
 
@@ -65,15 +82,35 @@ def test_runs_of_several_seeds_are_averaged():
         for seed, top1 in ((0, 0.8), (1, 0.9), (2, 1.0))
     ])
     summary = summarize(runs)
-    assert len(summary) == 1 and summary.loc[0, "seeds"] == 3
+    assert len(summary) == 1 and summary.loc[0, "n"] == 3
     assert summary.loc[0, "test_top1_finetuned"] == pytest.approx(0.9)
     assert summary.loc[0, "test_top1_finetuned_std"] == pytest.approx(0.1)  # sample std (ddof=1)
     assert summary.loc[0, "flops_ratio_std"] == 0
-    markdown = summary_markdown(summary, {"e": {"test_top1": 0.9, "flops": 1e6, "params": 1e3}})
+    markdown = summary_markdown(summary, {"e": {"test_top1": 0.9, "flops": 1e6, "params": 1e3}},
+                                best_method_tests(runs))
     assert "90.00 ± 10.00" in markdown
 
 
+def test_welch_test_separates_a_real_lead_from_seed_noise():
+    def runs_of(values_by_method):
+        return pd.DataFrame([
+            {"experiment": "e", "method": method, "target": "flops0.3", "seed": seed,
+             **{name: 0.5 for name in VALUES}, "test_top1_finetuned": value}
+            for method, values in values_by_method.items() for seed, value in enumerate(values)
+        ])
+
+    clear = best_method_tests(runs_of({"a": [0.80, 0.81, 0.79], "b": [0.90, 0.91, 0.89], "c": [0.1, 0.1, 0.1]}))
+    row = clear.set_index("stage").loc["finetuned"]
+    assert (row["best"], row["runner_up"]) == ("b", "a") and row["significant"]
+    # Welch's t by hand: difference 0.1, both sample variances 1e-4 -> t = 0.1 / sqrt(2e-4 / 3) = 12.25, df = 4
+    assert row["p_value"] == pytest.approx(2.56e-4, rel=0.02)
+    noisy = best_method_tests(runs_of({"a": [0.80, 0.90, 0.70], "b": [0.82, 0.72, 0.92]}))
+    row = noisy.set_index("stage").loc["finetuned"]
+    assert row["best"] == "b" and 0.05 < row["p_value"] <= 1 and not row["significant"]
+
+
 def test_a_missing_result_names_the_command_that_writes_it(finished_results):
-    Path(finished_results.paths("tiny").finetuned_metrics("gat_ppo", "flops0.5")).unlink()
-    with pytest.raises(GraphpruneError, match="graphprune finetune --experiment tiny --method gat_ppo"):
+    Path(finished_results.paths("tiny").finetuned_metrics("gat_ppo", "flops0.5", 1)).unlink()
+    with pytest.raises(GraphpruneError,
+                       match="graphprune finetune --experiment tiny --method gat_ppo --target flops0.5 --seed 1"):
         collect_runs(finished_results)

@@ -39,6 +39,7 @@ class SearchSettings:
 
     min_channels: int
     search_images: int | None
+    evaluations: int  # distinct masks every search method may score
     recalibrate_bn: bool
     calibration_batches: int
     calibration_batch_size: int
@@ -46,30 +47,55 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A named method variant: registry method `method` with `settings` merged over its configured ones."""
+
+    method: str
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Experiment:
-    """One experiment: a dataset, a model, how to train it, and how to prune and fine-tune it."""
+    """One experiment: a dataset, a model, how to train it, and how to prune and fine-tune it.
+
+    `seed` trains the baseline; every (method, target) is searched and fine-tuned once per entry of `seeds`.
+    `methods` holds registry names and variant names alike: a variant runs as a method of its own."""
 
     name: str
     seed: int
+    seeds: tuple[int, ...]
     dataset: DatasetSettings
     model: ModelSpec  # classes, channels and input size follow the dataset
     pretrain: TrainRecipe
     targets: tuple[str, ...]
     methods: tuple[str, ...]
+    variants: Mapping[str, Variant]
     search: SearchSettings
     finetune: TrainRecipe
 
+    def runs(self) -> list[tuple[str, str, int]]:
+        """Every (method, target, seed) the pipeline searches and fine-tunes, in config order."""
+        return [(method, target, seed) for method in self.methods for target in self.targets for seed in self.seeds]
+
+    def base_method(self, method: str) -> str:
+        """The registry name behind a method or variant name."""
+        return self.variants[method].method if method in self.variants else method
+
     def method_settings(self, method: str) -> dict[str, Any]:
-        return dict(self.search.methods.get(method, {}))
+        """Settings of a method or variant: search.methods.<base>, with a variant's own settings merged over."""
+        settings = copy.deepcopy(dict(self.search.methods.get(self.base_method(method), {})))
+        if method in self.variants:
+            settings = _merged(settings, self.variants[method].settings)
+        return settings
 
-    def search_hash(self, method: str) -> str:
-        """Changes exactly when a method's masks would change (baseline, shared search settings, its own)."""
+    def search_hash(self, method: str, seed: int) -> str:
+        """Changes exactly when a method's masks would change (baseline, shared search settings, its own, seed)."""
         shared = {k: v for k, v in asdict(self.search).items() if k != "methods"}
-        return stable_hash({"baseline": self.pretrain_hash, "search": shared, "method": method,
-                            "settings": self.method_settings(method)})
+        return stable_hash({"baseline": self.pretrain_hash, "search": shared, "method": self.base_method(method),
+                            "settings": self.method_settings(method), "seed": seed})
 
-    def finetune_hash(self, method: str) -> str:
-        return stable_hash({"search": self.search_hash(method), "finetune": asdict(self.finetune)})
+    def finetune_hash(self, method: str, seed: int) -> str:
+        return stable_hash({"search": self.search_hash(method, seed), "finetune": asdict(self.finetune)})
 
     @property
     def dataset_info(self) -> DatasetInfo:
@@ -174,24 +200,47 @@ def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
         input_size=info.input_size,
         weights=raw["model"]["weights"],
     )
-    _check_methods(name, raw["methods"], raw["search"]["methods"])
+    variants = {variant: Variant(spec["method"], spec["settings"]) for variant, spec in raw["variants"].items()}
+    _check_methods(name, raw["methods"], raw["search"]["methods"], variants)
+    seeds = tuple(raw["seeds"]) if raw["seeds"] is not None else (raw["seed"],)
     return Experiment(
-        name, raw["seed"], dataset, model, TrainRecipe.from_dict(raw["pretrain"]), tuple(raw["targets"]),
-        tuple(raw["methods"]), SearchSettings(**raw["search"]), TrainRecipe.from_dict(raw["finetune"]),
+        name, raw["seed"], seeds, dataset, model, TrainRecipe.from_dict(raw["pretrain"]), tuple(raw["targets"]),
+        tuple(raw["methods"]), variants, SearchSettings(**raw["search"]), TrainRecipe.from_dict(raw["finetune"]),
     )
 
 
-def _check_methods(experiment: str, methods: list[str], settings: Mapping[str, Any]) -> None:
-    """Method names must be in the registry: one source of truth, so the schema does not repeat the list."""
+def _check_methods(experiment: str, methods: list[str], settings: Mapping[str, Any],
+                   variants: Mapping[str, Variant]) -> None:
+    """Method names must be in the registry (one source of truth, so the schema does not repeat the list) or
+    name a variant of a registered method; a variant may not shadow a registered name."""
     from graphprune.methods.base import available_methods
 
     known = available_methods()
-    for where, names in (("methods", methods), ("search.methods", list(settings))):
-        unknown = [m for m in names if m not in known]
+    where_prefix = f"experiments.{experiment}"
+    for variant, spec in variants.items():
+        if variant in known:
+            raise GraphpruneError(f"{where_prefix}.variants.{variant}: a variant may not take the name of a "
+                                  "registered method; rename it")
+        if spec.method not in known:
+            raise GraphpruneError(f"{where_prefix}.variants.{variant}.method: unknown method {spec.method!r}; "
+                                  f"choose from {', '.join(known)}")
+    for where, names, allowed in (("methods", methods, [*known, *variants]), ("search.methods", list(settings), known)):
+        unknown = [m for m in names if m not in allowed]
         if unknown:
             raise GraphpruneError(
-                f"experiments.{experiment}.{where}: unknown method {unknown[0]!r}; choose from {', '.join(known)}"
+                f"{where_prefix}.{where}: unknown method {unknown[0]!r}; choose from {', '.join(allowed)}"
             )
+
+
+def _merged(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update` written over it; nested mappings are merged key by key, not replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(dict(merged[key]), value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 @functools.cache

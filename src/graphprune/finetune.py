@@ -75,23 +75,25 @@ class FinetuneMetrics:
     config_hash: str
 
 
-def finetune(config: Config, experiment: Experiment, method: str, target: str, *,
+def finetune(config: Config, experiment: Experiment, method: str, target: str, seed: int, *,
              device: str | None = None) -> FinetuneMetrics:
-    """Prune the baseline of `experiment` by the mask `method` chose for `target`, fine-tune it and write
-    results/<exp>/<method>/<target>/finetuned/; returns the metrics written to metrics.json."""
+    """Prune the baseline of `experiment` by the mask `method` chose for `target` with `seed`, fine-tune it
+    (seeded by `seed`) and write results/<exp>/<method>/<target>/seed<seed>/finetuned/; returns the metrics
+    written to metrics.json."""
     paths = config.paths(experiment.name)
     _require(paths.baseline_model(), f"graphprune pretrain --experiment {experiment.name}")
-    search_command = f"graphprune search --experiment {experiment.name} --method {method} --target {target}"
-    _require(paths.mask(method, target), search_command)
-    _require(paths.search_record(method, target), search_command)
-    record = json.loads(Path(paths.search_record(method, target)).read_text())
+    search_command = (f"graphprune search --experiment {experiment.name} --method {method} --target {target} "
+                      f"--seed {seed}")
+    _require(paths.mask(method, target, seed), search_command)
+    _require(paths.search_record(method, target, seed), search_command)
+    record = json.loads(Path(paths.search_record(method, target, seed)).read_text())
 
     torch_device = resolve_device(device or config.device)
     baseline = load_model(paths.baseline_model())
     spec = baseline.spec
     model = baseline.model.to(torch_device)
     groups = ChannelGroups(model, spec.input_shape, min_channels=experiment.search.min_channels)
-    mask = load_mask(paths.mask(method, target), groups)
+    mask = load_mask(paths.mask(method, target, seed), groups)
     cost = CostModel(model, groups)
     flops, params = cost.of_mask(mask)
     pruned = prune_model(model, groups, mask)
@@ -107,11 +109,11 @@ def finetune(config: Config, experiment: Experiment, method: str, target: str, *
     log.info("%s %s %s: test top-1 %.4f before fine-tuning", experiment.name, method, target, before["top1"])
 
     # The mask's digest joins the config hash: last.pt of another mask must never be resumed into this one.
-    config_hash = stable_hash({"finetune": experiment.finetune_hash(method), "mask": mask.key()})
-    run_dir = paths.finetuned_dir(method, target)
+    config_hash = stable_hash({"finetune": experiment.finetune_hash(method, seed), "mask": mask.key()})
+    run_dir = paths.finetuned_dir(method, target, seed)
     metadata = {"arch": spec.to_dict(), "experiment": experiment.name, "method": method, "target": target,
-                "mask": mask.key()}
-    result = train(pruned, recipe, splits.train, splits.search, run_dir=run_dir, seed=experiment.seed,
+                "seed": seed, "mask": mask.key()}
+    result = train(pruned, recipe, splits.train, splits.search, run_dir=run_dir, seed=seed,
                    config_hash=config_hash, device=torch_device, metadata=metadata)
     after = evaluate(pruned, test_loader, torch_device)
     search_after = evaluate(pruned, make_loader(splits.search, recipe.batch_size), torch_device)
@@ -119,7 +121,7 @@ def finetune(config: Config, experiment: Experiment, method: str, target: str, *
                               warmup=LATENCY_WARMUP, repeats=LATENCY_REPEATS)
 
     metrics = FinetuneMetrics(
-        experiment=experiment.name, method=method, target=target, seed=experiment.seed,
+        experiment=experiment.name, method=method, target=target, seed=seed,
         flops=flops, params=params, baseline_flops=cost.full_flops, baseline_params=cost.full_params,
         flops_ratio=flops / cost.full_flops, params_ratio=params / cost.full_params,
         channels_kept=sum(mask.counts), channels=sum(groups.sizes),
@@ -133,8 +135,8 @@ def finetune(config: Config, experiment: Experiment, method: str, target: str, *
         finetune_seconds=result.seconds, epochs=len(result.history), recipe=asdict(recipe),
         config_hash=config_hash,
     )
-    atomic_write_json(asdict(metrics), paths.finetuned_metrics(method, target))
-    save_pruned(paths.finetuned_model(method, target), spec, mask, pruned,
+    atomic_write_json(asdict(metrics), paths.finetuned_metrics(method, target, seed))
+    save_pruned(paths.finetuned_model(method, target, seed), spec, mask, pruned,
                 {**metadata, "metrics": asdict(metrics), "config_hash": config_hash}, groups)
     # history.csv stays (train wrote it); the resumable state is no longer needed once model.pt exists.
     Path(training_checkpoint(run_dir)).unlink(missing_ok=True)

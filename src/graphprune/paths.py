@@ -1,8 +1,9 @@
 """Every result and log path of the pipeline, built in one place for the package and the Snakemake rules.
 
 Paths are plain strings joined with '/', so Snakemake wildcards pass through untouched:
-`ResultPaths("results", "{experiment}").mask("{method}", "{target}")` is
-`results/{experiment}/{method}/{target}/mask.pt`. This module only names files; it never creates or reads them.
+`ResultPaths("results", "{experiment}").mask("{method}", "{target}", "{seed}")` is
+`results/{experiment}/{method}/{target}/seed{seed}/mask.pt`. This module only names files; it never creates or
+reads them.
 """
 
 from __future__ import annotations
@@ -42,46 +43,49 @@ class ResultPaths:
     def graph_summary(self) -> str:
         return posixpath.join(self.experiment_dir(), "graph.json")
 
-    # search and fine-tuning, one folder per (method, target)
-    def method_dir(self, method: str, target: str) -> str:
-        return posixpath.join(self.experiment_dir(), method, target)
+    # search and fine-tuning, one folder per (method, target, seed)
+    def method_dir(self, method: str, target: str, seed: int | str) -> str:
+        return posixpath.join(self.experiment_dir(), method, target, f"seed{seed}")
 
-    def search_dir(self, method: str, target: str) -> str:
-        return posixpath.join(self.method_dir(method, target), "search")
+    def search_dir(self, method: str, target: str, seed: int | str) -> str:
+        return posixpath.join(self.method_dir(method, target, seed), "search")
 
-    def search_record(self, method: str, target: str) -> str:
-        return posixpath.join(self.search_dir(method, target), "record.json")
+    def search_record(self, method: str, target: str, seed: int | str) -> str:
+        return posixpath.join(self.search_dir(method, target, seed), "record.json")
 
-    def search_log(self, method: str, target: str) -> str:
+    def search_log(self, method: str, target: str, seed: int | str) -> str:
         """Per-episode log of a search, written by the methods that learn (gat_ppo); others write none."""
-        return posixpath.join(self.search_dir(method, target), "log.csv")
+        return posixpath.join(self.search_dir(method, target, seed), "log.csv")
 
-    def mask(self, method: str, target: str) -> str:
-        return posixpath.join(self.method_dir(method, target), "mask.pt")
+    def mask(self, method: str, target: str, seed: int | str) -> str:
+        return posixpath.join(self.method_dir(method, target, seed), "mask.pt")
 
-    def finetuned_dir(self, method: str, target: str) -> str:
-        return posixpath.join(self.method_dir(method, target), "finetuned")
+    def finetuned_dir(self, method: str, target: str, seed: int | str) -> str:
+        return posixpath.join(self.method_dir(method, target, seed), "finetuned")
 
-    def finetuned_model(self, method: str, target: str) -> str:
-        return posixpath.join(self.finetuned_dir(method, target), "model.pt")
+    def finetuned_model(self, method: str, target: str, seed: int | str) -> str:
+        return posixpath.join(self.finetuned_dir(method, target, seed), "model.pt")
 
-    def finetuned_metrics(self, method: str, target: str) -> str:
-        return posixpath.join(self.finetuned_dir(method, target), "metrics.json")
+    def finetuned_metrics(self, method: str, target: str, seed: int | str) -> str:
+        return posixpath.join(self.finetuned_dir(method, target, seed), "metrics.json")
 
-    def finetuned_history(self, method: str, target: str) -> str:
-        return posixpath.join(self.finetuned_dir(method, target), "history.csv")
+    def finetuned_history(self, method: str, target: str, seed: int | str) -> str:
+        return posixpath.join(self.finetuned_dir(method, target, seed), "history.csv")
 
-    # logs and Snakemake benchmark files; per (method, target) when both are given
-    def log(self, step: str, method: str | None = None, target: str | None = None) -> str:
-        return posixpath.join(self._log_dir(method, target), f"{step}.log")
+    # logs and Snakemake benchmark files; per (method, target, seed) when all three are given
+    def log(self, step: str, method: str | None = None, target: str | None = None,
+            seed: int | str | None = None) -> str:
+        return posixpath.join(self._log_dir(method, target, seed), f"{step}.log")
 
-    def benchmark(self, step: str, method: str | None = None, target: str | None = None) -> str:
-        return posixpath.join(self._log_dir(method, target), f"{step}.benchmark.tsv")
+    def benchmark(self, step: str, method: str | None = None, target: str | None = None,
+                  seed: int | str | None = None) -> str:
+        return posixpath.join(self._log_dir(method, target, seed), f"{step}.benchmark.tsv")
 
-    def _log_dir(self, method: str | None, target: str | None) -> str:
-        if (method is None) != (target is None):
-            raise ValueError("give both method and target, or neither")
-        parts = [self.logs_root, self.experiment] + ([method, target] if method is not None else [])
+    def _log_dir(self, method: str | None, target: str | None, seed: int | str | None) -> str:
+        given = (method is not None, target is not None, seed is not None)
+        if any(given) and not all(given):
+            raise ValueError("give method, target and seed, or none of them")
+        parts = [self.logs_root, self.experiment] + ([method, target, f"seed{seed}"] if all(given) else [])
         return posixpath.join(*parts)
 
 
@@ -101,6 +105,11 @@ def summary_csv(root: str) -> str:
 
 def summary_md(root: str) -> str:
     return posixpath.join(root, "summary.md")
+
+
+def significance_csv(root: str) -> str:
+    """Per experiment, target and stage: the best method, the runner-up and Welch's t-test between them."""
+    return posixpath.join(root, "significance.csv")
 
 
 def figures_dir(root: str) -> str:

@@ -4,7 +4,8 @@ Reads result files only (baseline and finetuned metrics.json, search/record.json
 learning method wrote one) and writes results/summary.csv, summary.md and figures/*.png, each atomically.
 It never loads a model or a dataset, and never types in a number another stage measured: delta_top1 is
 computed here from the two accuracies. Rows of the same experiment, method and target from several seeds are
-averaged (mean and sample std).
+averaged (mean, sample std and n), and per experiment and target the best method's lead over the runner-up is
+tested against seed noise (Welch's t-test), before and after fine-tuning.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure
 
 from graphprune.checkpoint import _atomic_write, atomic_write_text
 from graphprune.errors import GraphpruneError
-from graphprune.paths import REPORT_FIGURES, figure, summary_csv, summary_md
+from graphprune.paths import REPORT_FIGURES, figure, significance_csv, summary_csv, summary_md
 
 if TYPE_CHECKING:
     from graphprune.config import Config
@@ -44,11 +45,16 @@ MARKDOWN_COLUMNS = {
     "search_seconds": ("search s", "{:.1f}"), "masks_evaluated": ("masks", "{:.0f}"),
 }
 PERCENT = {"search_top1", "test_top1_pruned", "test_top1_finetuned", "delta_top1"}
+# Where the best method is tested against the runner-up: before and after fine-tuning (test split), and on the
+# search split the searches optimised.
+RANKED = {"search": "search_top1", "pruned": "test_top1_pruned", "finetuned": "test_top1_finetuned"}
+SIGNIFICANCE_LEVEL = 0.05
 
 
 @dataclass(frozen=True)
 class ReportFiles:
     summary: pd.DataFrame
+    significance: pd.DataFrame
     summary_csv: str
     summary_md: str
     figures: list[str]
@@ -58,10 +64,12 @@ def write_report(config: Config) -> ReportFiles:
     """Write summary.csv, summary.md and the figures of every experiment x method x target of `config`."""
     runs = collect_runs(config)
     summary = summarize(runs)
+    significance = best_method_tests(runs)
     root = config.results_dir
     csv_path, md_path = summary_csv(root), summary_md(root)
     atomic_write_text(summary.to_csv(index=False), csv_path)  # full precision: the table is data
-    atomic_write_text(summary_markdown(summary, baselines(config)), md_path)
+    atomic_write_text(significance.to_csv(index=False), significance_csv(root))
+    atomic_write_text(summary_markdown(summary, baselines(config), significance), md_path)
     palette = method_palette(runs["method"])
     drawings = {
         "accuracy_vs_flops": lambda: accuracy_vs_flops_figure(summary, baselines(config), palette),
@@ -73,7 +81,7 @@ def write_report(config: Config) -> ReportFiles:
         path = figure(root, name)
         _save_figure(drawings[name](), path)
         figures.append(path)
-    return ReportFiles(summary, csv_path, md_path, figures)
+    return ReportFiles(summary, significance, csv_path, md_path, figures)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -81,33 +89,60 @@ def write_report(config: Config) -> ReportFiles:
 
 
 def collect_runs(config: Config) -> pd.DataFrame:
-    """One row per finished (experiment, seed, method, target): the COPIED metrics, baseline_test_top1 and
+    """One row per finished (experiment, method, target, seed): the COPIED metrics, baseline_test_top1 and
     delta_top1 = test_top1_finetuned - baseline_test_top1."""
     rows = []
     for name, experiment in config.experiments.items():
         paths = config.paths(name)
         baseline = _read_json(paths.baseline_metrics(), f"graphprune pretrain --experiment {name}")
-        for method in experiment.methods:
-            for target in experiment.targets:
-                metrics = _read_json(paths.finetuned_metrics(method, target),
-                                     f"graphprune finetune --experiment {name} --method {method} --target {target}")
-                rows.append({
-                    "experiment": name, "seed": metrics["seed"], "method": method, "target": target,
-                    **{key: metrics[key] for key in COPIED},
-                    "baseline_test_top1": baseline["test_top1"],
-                    "delta_top1": metrics["test_top1_finetuned"] - baseline["test_top1"],
-                })
+        for method, target, seed in experiment.runs():
+            metrics = _read_json(paths.finetuned_metrics(method, target, seed),
+                                 f"graphprune finetune --experiment {name} {_run_arguments(method, target, seed)}")
+            rows.append({
+                "experiment": name, "seed": seed, "method": method, "target": target,
+                **{key: metrics[key] for key in COPIED},
+                "baseline_test_top1": baseline["test_top1"],
+                "delta_top1": metrics["test_top1_finetuned"] - baseline["test_top1"],
+            })
     return pd.DataFrame(rows, columns=[*KEYS, "seed", *VALUES, "baseline_test_top1"])
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean of every VALUES column per (experiment, method, target), its sample std over seeds (`<name>_std`,
-    empty with one seed) and the number of seeds; rows in config order."""
+    empty with one seed) and the number of seeds `n`; rows in config order."""
     grouped = runs.groupby(KEYS, sort=False)
     mean = grouped[VALUES].mean()
     std = grouped[VALUES].std(ddof=1).add_suffix("_std")
-    seeds = grouped.size().rename("seeds")
-    return pd.concat([mean, seeds, std], axis=1).reset_index()
+    count = grouped.size().rename("n")
+    return pd.concat([mean, count, std], axis=1).reset_index()
+
+
+def best_method_tests(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment, target and stage of RANKED: the method with the highest mean accuracy, the runner-up,
+    and Welch's t-test of their per-seed accuracies (two-sided). `significant` is p < SIGNIFICANCE_LEVEL; with
+    fewer than two seeds on either side, or no spread at all, p is NaN and nothing is significant."""
+    from scipy.stats import ttest_ind  # only the report needs SciPy
+
+    rows = []
+    for (experiment, target), panel in runs.groupby(["experiment", "target"], sort=False):
+        for stage, column in RANKED.items():
+            means = panel.groupby("method", sort=False)[column].mean().sort_values(ascending=False, kind="stable")
+            best = means.index[0]
+            runner_up = means.index[1] if len(means) > 1 else None
+            p_value = float("nan")
+            if runner_up is not None:
+                a, b = (panel.loc[panel["method"] == m, column].to_numpy() for m in (best, runner_up))
+                if min(len(a), len(b)) >= 2 and (a.std() > 0 or b.std() > 0):
+                    p_value = float(ttest_ind(a, b, equal_var=False).pvalue)
+            rows.append({
+                "experiment": experiment, "target": target, "stage": stage, "metric": column, "best": best,
+                "best_mean": means.iloc[0], "runner_up": runner_up,
+                "runner_up_mean": means.iloc[1] if runner_up is not None else float("nan"),
+                "p_value": p_value, "significant": bool(p_value < SIGNIFICANCE_LEVEL),
+            })
+    columns = ["experiment", "target", "stage", "metric", "best", "best_mean", "runner_up", "runner_up_mean",
+               "p_value", "significant"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def baselines(config: Config) -> dict[str, dict[str, Any]]:
@@ -117,20 +152,19 @@ def baselines(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def collect_records(config: Config) -> pd.DataFrame:
-    """One row per (experiment, method, target, channel group) from search/record.json: the group's root
+    """One row per (experiment, method, target, seed, channel group) from search/record.json: the group's root
     module, size and kept channels, groups in natural name order (close to depth order)."""
     rows = []
     for name, experiment in config.experiments.items():
         paths = config.paths(name)
-        for method in experiment.methods:
-            for target in experiment.targets:
-                record = _read_json(paths.search_record(method, target), f"graphprune search --experiment {name} "
-                                    f"--method {method} --target {target}")
-                groups = zip(record["group_roots"], record["group_sizes"], record["kept_per_group"], strict=True)
-                for root, size, kept in sorted(groups, key=lambda group: _natural_key(group[0])):
-                    rows.append({"experiment": name, "method": method, "target": target, "group": root,
-                                 "size": size, "kept": kept, "kept_fraction": kept / size})
-    return pd.DataFrame(rows, columns=[*KEYS, "group", "size", "kept", "kept_fraction"])
+        for method, target, seed in experiment.runs():
+            record = _read_json(paths.search_record(method, target, seed),
+                                f"graphprune search --experiment {name} {_run_arguments(method, target, seed)}")
+            groups = zip(record["group_roots"], record["group_sizes"], record["kept_per_group"], strict=True)
+            for root, size, kept in sorted(groups, key=lambda group: _natural_key(group[0])):
+                rows.append({"experiment": name, "method": method, "target": target, "seed": seed, "group": root,
+                             "size": size, "kept": kept, "kept_fraction": kept / size})
+    return pd.DataFrame(rows, columns=[*KEYS, "seed", "group", "size", "kept", "kept_fraction"])
 
 
 def collect_search_logs(config: Config) -> pd.DataFrame:
@@ -139,20 +173,23 @@ def collect_search_logs(config: Config) -> pd.DataFrame:
     frames = []
     for name, experiment in config.experiments.items():
         paths = config.paths(name)
-        for method in experiment.methods:
-            for target in experiment.targets:
-                path = Path(paths.search_log(method, target))
-                if not path.is_file():
-                    continue  # methods that do not learn write no log
-                log = pd.read_csv(path)
-                if log.empty or not {"episode", "search_top1"} <= set(log.columns):
-                    continue
-                if "best_search_top1" not in log.columns:
-                    log["best_search_top1"] = log["search_top1"].cummax()
-                frames.append(log[["episode", "search_top1", "best_search_top1"]].assign(
-                    experiment=name, method=method, target=target))
-    columns = [*KEYS, "episode", "search_top1", "best_search_top1"]
+        for method, target, seed in experiment.runs():
+            path = Path(paths.search_log(method, target, seed))
+            if not path.is_file():
+                continue  # methods that do not learn write no log
+            log = pd.read_csv(path)
+            if log.empty or not {"episode", "search_top1"} <= set(log.columns):
+                continue
+            if "best_search_top1" not in log.columns:
+                log["best_search_top1"] = log["search_top1"].cummax()
+            frames.append(log[["episode", "search_top1", "best_search_top1"]].assign(
+                experiment=name, method=method, target=target, seed=seed))
+    columns = [*KEYS, "seed", "episode", "search_top1", "best_search_top1"]
     return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _run_arguments(method: str, target: str, seed: int) -> str:
+    return f"--method {method} --target {target} --seed {seed}"
 
 
 def _read_json(path: str, command: str) -> dict[str, Any]:
@@ -170,24 +207,41 @@ def _natural_key(name: str) -> list:
 # summary.md
 
 
-def summary_markdown(summary: pd.DataFrame, baseline_metrics: dict[str, dict[str, Any]]) -> str:
-    """One table per experiment, headed by its baseline; accuracies in percent, `mean ± std` over seeds."""
+def summary_markdown(summary: pd.DataFrame, baseline_metrics: dict[str, dict[str, Any]],
+                     significance: pd.DataFrame) -> str:
+    """One table per experiment, headed by its baseline; accuracies in percent, `mean ± std` over seeds; the
+    best method per target and stage in bold (with * where its lead over the runner-up is significant), then
+    the tests themselves."""
     lines = ["# Results", "",
              "Test accuracy of each pruned network before and after the same fine-tuning; Δ top-1 = fine-tuned "
              "minus baseline test top-1 (percentage points). Ratios are pruned / baseline; latency is the median "
-             "of interleaved runs at batch 1 and 64. Mean ± std over seeds where several.", ""]
+             "of interleaved runs at batch 1 and 64. Mean ± std over the n seeds. Per target, the best search, "
+             "pruned and fine-tuned accuracy is in bold, with * where its lead over the runner-up is larger than "
+             f"seed noise (Welch's t-test over seeds, p < {SIGNIFICANCE_LEVEL}).", ""]
     for experiment, rows in summary.groupby("experiment", sort=False):
         baseline = baseline_metrics[experiment]
+        tests = significance[significance["experiment"] == experiment]
+        marks = {(t.target, t.metric, t.best): "*" if t.significant else "" for t in tests.itertuples()}
         lines += [f"## {experiment}", "",
                   f"Baseline: test top-1 {100 * baseline['test_top1']:.2f} %, {baseline['flops'] / 1e6:.2f} M FLOPs "
                   f"(MACs), {baseline['params'] / 1e3:.1f} k params.", ""]
-        header = ["method", "target", "seeds", *(label for label, _ in MARKDOWN_COLUMNS.values())]
+        header = ["method", "target", "n", *(label for label, _ in MARKDOWN_COLUMNS.values())]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in rows.itertuples(index=False):
             row = row._asdict()
-            cells = [row["method"], row["target"], str(row["seeds"])]
-            cells += [_cell(row[name], row[f"{name}_std"], name) for name in MARKDOWN_COLUMNS]
+            cells = [row["method"], row["target"], str(row["n"])]
+            for name in MARKDOWN_COLUMNS:
+                cell = _cell(row[name], row[f"{name}_std"], name)
+                mark = marks.get((row["target"], name, row["method"]))
+                cells.append(cell if mark is None else f"**{cell}**{mark}")
             lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "| target | stage | best | runner-up | difference (pp) | Welch p | lead beyond seed noise |",
+                  "|---|---|---|---|---|---|---|"]
+        for t in tests.itertuples():
+            difference = 100 * (t.best_mean - t.runner_up_mean)
+            p_text = "n/a" if np.isnan(t.p_value) else f"{t.p_value:.3g}"
+            lines.append(f"| {t.target} | {t.stage} | {t.best} | {t.runner_up or '-'} | {difference:+.2f} | "
+                         f"{p_text} | {'yes' if t.significant else 'no'} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -239,8 +293,8 @@ def accuracy_vs_flops_figure(summary: pd.DataFrame, baseline_metrics: dict[str, 
 
 
 def search_curves_figure(logs: pd.DataFrame, palette: dict[str, Any]) -> Figure:
-    """Search-split accuracy per episode (dots) and best so far (line) for every search that logged one; one
-    panel per (experiment, target)."""
+    """Search-split accuracy per episode (dots, every seed) and best so far (line: mean over seeds) for every
+    search that logged one; one panel per (experiment, target)."""
     if logs.empty:
         return _message_figure("No search logs: none of the methods run writes search/log.csv (gat_ppo does).")
     panels = list(dict.fromkeys(zip(logs["experiment"], logs["target"], strict=True)))
@@ -252,16 +306,17 @@ def search_curves_figure(logs: pd.DataFrame, palette: dict[str, Any]) -> Figure:
             color = palette[method]
             ax.scatter(curve["episode"], 100 * curve["search_top1"], s=6, alpha=0.3, color=color, linewidths=0,
                        label=f"{method} (each episode's mask)")
-            ax.plot(curve["episode"], 100 * curve["best_search_top1"], color=color, linewidth=2,
-                    label=f"{method} (best so far)")
+            best = curve.groupby("episode")["best_search_top1"].mean()
+            ax.plot(best.index.to_numpy(), 100 * best.to_numpy(), color=color, linewidth=2,
+                    label=f"{method} (best so far, mean over seeds)")
         ax.set(title=f"{experiment}, {target}", xlabel="episode", ylabel="search top-1 %")
         ax.legend(fontsize="small", loc="lower right")
     return figure_
 
 
 def kept_channels_figure(records: pd.DataFrame, palette: dict[str, Any]) -> Figure:
-    """Fraction of channels each method keeps per channel group (tick label: root module and group size), one
-    panel per (experiment, target)."""
+    """Fraction of channels each method keeps per channel group, mean over seeds (tick label: root module and
+    group size), one panel per (experiment, target)."""
     panels = list(dict.fromkeys(zip(records["experiment"], records["target"], strict=True)))
     widest = max(records.groupby(["experiment", "target"])["group"].nunique())
     figure_ = Figure(figsize=(max(8.0, 0.45 * widest + 2), 5.2 * len(panels)), layout="constrained")
@@ -272,7 +327,7 @@ def kept_channels_figure(records: pd.DataFrame, palette: dict[str, Any]) -> Figu
         sizes = panel.drop_duplicates("group").set_index("group")["size"]
         methods = list(dict.fromkeys(panel["method"]))
         for position, method in enumerate(methods):
-            rows = panel[panel["method"] == method].set_index("group").loc[groups]
+            rows = panel[panel["method"] == method].groupby("group")[["kept_fraction"]].mean().loc[groups]
             ax.plot(range(len(groups)), rows["kept_fraction"], marker=MARKERS[position % len(MARKERS)],
                     color=palette[method], label=method, linewidth=1.2, markersize=6, alpha=0.9)
         ax.set_xticks(range(len(groups)), [f"{group} ({sizes[group]})" for group in groups], rotation=60,

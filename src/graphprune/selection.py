@@ -7,7 +7,6 @@ method through the common interface, and writes the chosen mask (`mask.pt`) and 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,6 @@ from graphprune.search_eval import SearchEvaluator, build_search_evaluator
 from graphprune.train import resolve_device
 
 log = logging.getLogger(__name__)
-
-# random_search gets as many evaluations as this method's agent made, when both run (the equal-budget control).
-EQUAL_BUDGET_REFERENCE = "gat_ppo"
 
 
 @dataclass
@@ -65,36 +61,24 @@ def load_setup(config: Config, experiment: Experiment, device: str | None = None
     return PruningSetup(experiment, model, groups, cost, evaluator, graph)
 
 
-def method_settings(config: Config, experiment: Experiment, method: str, target: str) -> dict[str, Any]:
-    """The method's settings from the config, with random_search's evaluation count tied to the agent's."""
-    settings = experiment.method_settings(method)
-    if method == "random_search" and "num_masks" not in settings and EQUAL_BUDGET_REFERENCE in experiment.methods:
-        record = Path(config.paths(experiment.name).search_record(EQUAL_BUDGET_REFERENCE, target))
-        if not record.exists():
-            raise GraphpruneError(
-                f"random_search evaluates as many masks as {EQUAL_BUDGET_REFERENCE}; run that search first "
-                f"({record} is missing) or set search.methods.random_search.num_masks"
-            )
-        settings["num_masks"] = int(json.loads(record.read_text())["masks_evaluated"])
-    return settings
-
-
-def run_search(config: Config, setup: PruningSetup, method: str, target: str) -> dict[str, Any]:
-    """Choose a mask with `method` under `target`; write mask.pt and search/record.json; return the record."""
+def run_search(config: Config, setup: PruningSetup, method: str, target: str, seed: int) -> dict[str, Any]:
+    """Choose a mask with `method` (a registry or variant name) under `target`, seeded by `seed`; write mask.pt
+    and search/record.json; return the record."""
     experiment = setup.experiment
     if method not in experiment.methods:
         log.warning("method %s is not in experiment %s's methods list", method, experiment.name)
     paths = config.paths(experiment.name)
-    search_dir = Path(paths.search_dir(method, target))
+    search_dir = Path(paths.search_dir(method, target, seed))
     search_dir.mkdir(parents=True, exist_ok=True)
     budget = parse_target(target)
-    context = MethodContext(setup.model, setup.groups, setup.cost, setup.graph, setup.evaluator,
-                            seed=experiment.seed, out_dir=search_dir)
-    settings = method_settings(config, experiment, method, target)
-    result = get_method(method).search(context, budget, settings)
-    record = {**result.record, "search_top1": setup.evaluator(result.mask), "settings": settings,
+    context = MethodContext(setup.model, setup.groups, setup.cost, setup.graph, setup.evaluator, seed=seed,
+                            out_dir=search_dir, evaluations=experiment.search.evaluations)
+    settings = experiment.method_settings(method)
+    result = get_method(experiment.base_method(method)).search(context, budget, settings)
+    record = {**result.record, "method": method, "base_method": experiment.base_method(method), "seed": seed,
+              "search_top1": setup.evaluator(result.mask), "settings": settings, "threads": torch.get_num_threads(),
               "kept_per_group": list(result.mask.counts), "group_sizes": list(setup.groups.sizes),
               "group_roots": list(setup.groups.roots)}
-    save_mask(paths.mask(method, target), result.mask, setup.groups)
-    atomic_write_json(record, paths.search_record(method, target))
+    save_mask(paths.mask(method, target, seed), result.mask, setup.groups)
+    atomic_write_json(record, paths.search_record(method, target, seed))
     return record

@@ -48,13 +48,12 @@ def expected_files(workdir: Path, has_finetune: bool, has_report: bool) -> list[
         paths = config.paths(name)
         files += [paths.baseline_model(), paths.baseline_metrics(), paths.baseline_history(),
                   paths.graph(), paths.graph_summary(), paths.log("pretrain"), paths.log("graph")]
-        for method in experiment.methods:
-            for target in experiment.targets:
-                files += [paths.mask(method, target), paths.search_record(method, target),
-                          paths.log("search", method, target)]
-                if has_finetune:
-                    files += [paths.finetuned_model(method, target), paths.finetuned_metrics(method, target),
-                              paths.finetuned_history(method, target), paths.log("finetune", method, target)]
+        for method, target, seed in experiment.runs():
+            files += [paths.mask(method, target, seed), paths.search_record(method, target, seed),
+                      paths.log("search", method, target, seed)]
+            if has_finetune:
+                files += [paths.finetuned_model(method, target, seed), paths.finetuned_metrics(method, target, seed),
+                          paths.finetuned_history(method, target, seed), paths.log("finetune", method, target, seed)]
     if has_report:
         root = config.results_dir
         files += [summary_csv(root), summary_md(root)] + [figure(root, name) for name in REPORT_FIGURES]
@@ -80,17 +79,16 @@ def check_budgets(workdir: Path, problems: list[str]) -> None:
     checked = 0
     for name, experiment in config.experiments.items():
         paths = config.paths(name)
-        for method in experiment.methods:
-            for target in experiment.targets:
-                path = workdir / paths.search_record(method, target)
-                if not path.is_file():
-                    continue
-                record = json.loads(path.read_text())
-                kind, limit = budget(target)
-                ratio = record.get(f"{kind}_ratio")
-                if not isinstance(ratio, int | float) or not 0 < ratio <= limit + 1e-9:
-                    problems.append(f"{name} {method} {target}: {kind}_ratio {ratio!r} breaks the budget {limit}")
-                checked += 1
+        for method, target, seed in experiment.runs():
+            path = workdir / paths.search_record(method, target, seed)
+            if not path.is_file():
+                continue
+            record = json.loads(path.read_text())
+            kind, limit = budget(target)
+            ratio = record.get(f"{kind}_ratio")
+            if not isinstance(ratio, int | float) or not 0 < ratio <= limit + 1e-9:
+                problems.append(f"{name} {method} {target} seed {seed}: {kind}_ratio {ratio!r} breaks the budget {limit}")
+            checked += 1
     print(f"budgets: {checked} search records within their budget" if checked else "budgets: no record found")
 
 

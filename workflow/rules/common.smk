@@ -20,10 +20,16 @@ RESULTS = ResultPaths(GRAPHPRUNE_CONFIG.results_dir, "{experiment}")
 GRAPHPRUNE = shutil.which("graphprune", path=str(Path(sys.executable).parent)) or "graphprune"
 
 
+# Jobs that train or score networks declare a `gpu` resource only where a GPU may be used: the profile runs one
+# such job at a time there, while a CPU-only machine runs them side by side with `threads` torch threads each.
+GPU_JOBS = {"cuda": 1, "cpu": 0}.get(GRAPHPRUNE_CONFIG.device, int(shutil.which("nvidia-smi") is not None))
+
+
 wildcard_constraints:
     experiment=r"[^/]+",
     method=r"[^/]+",
     target=r"[^/]+",
+    seed=r"\d+",
 
 
 def pretrain_hash(wildcards):

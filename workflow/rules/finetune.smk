@@ -1,31 +1,33 @@
-# Fine-tune each (experiment, method, target)'s pruned network with the experiment's one finetune recipe and
+# Fine-tune each (experiment, method, target, seed)'s pruned network with the experiment's one finetune recipe and
 # measure it on the test split (accuracy before and after, cost, latency against the baseline).
 
 
 def finetune_hash(wildcards):
     """A rule param: reruns a fine-tune exactly when its mask or the finetune recipe would change."""
-    return GRAPHPRUNE_CONFIG.experiment(wildcards.experiment).finetune_hash(wildcards.method)
+    return GRAPHPRUNE_CONFIG.experiment(wildcards.experiment).finetune_hash(wildcards.method, int(wildcards.seed))
 
 
 rule finetune:
     input:
         model=RESULTS.baseline_model(),
-        mask=RESULTS.mask("{method}", "{target}"),
-        record=RESULTS.search_record("{method}", "{target}"),
+        mask=RESULTS.mask("{method}", "{target}", "{seed}"),
+        record=RESULTS.search_record("{method}", "{target}", "{seed}"),
     output:
-        model=RESULTS.finetuned_model("{method}", "{target}"),
-        metrics=RESULTS.finetuned_metrics("{method}", "{target}"),
-        history=RESULTS.finetuned_history("{method}", "{target}"),
+        model=RESULTS.finetuned_model("{method}", "{target}", "{seed}"),
+        metrics=RESULTS.finetuned_metrics("{method}", "{target}", "{seed}"),
+        history=RESULTS.finetuned_history("{method}", "{target}", "{seed}"),
     params:
         finetune_hash=finetune_hash,
     log:
-        RESULTS.log("finetune", "{method}", "{target}"),
+        RESULTS.log("finetune", "{method}", "{target}", "{seed}"),
     benchmark:
-        RESULTS.benchmark("finetune", "{method}", "{target}")
+        RESULTS.benchmark("finetune", "{method}", "{target}", "{seed}")
+    threads: 1
     resources:
-        gpu=1,
+        gpu=GPU_JOBS,
         mem_mb=8000,
         runtime=12 * 60,
     shell:
         "{GRAPHPRUNE:q} finetune --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q}"
-        " --method {wildcards.method:q} --target {wildcards.target:q} > {log:q} 2>&1"
+        " --method {wildcards.method:q} --target {wildcards.target:q} --seed {wildcards.seed}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -12,9 +12,11 @@ rule pretrain:
         RESULTS.log("pretrain"),
     benchmark:
         RESULTS.benchmark("pretrain")
+    threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=GPU_JOBS,
         mem_mb=8000,
         runtime=24 * 60,
     shell:
-        "{GRAPHPRUNE:q} pretrain --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q} > {log:q} 2>&1"
+        "{GRAPHPRUNE:q} pretrain --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from graphprune.commands.common import add_experiment_arguments, add_method_target_arguments, load_experiment
+from graphprune.commands.common import (
+    add_experiment_arguments,
+    add_method_target_arguments,
+    load_experiment,
+    run_seed,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -23,9 +28,10 @@ def _run(args: argparse.Namespace) -> int:
     from graphprune.finetune import finetune  # torch and Torch-Pruning: only when fine-tuning
 
     config, experiment = load_experiment(args)
-    metrics = finetune(config, experiment, args.method, args.target, device=args.device)
-    print(f"{experiment.name} {args.method} {args.target}: test top-1 {metrics.test_top1_pruned:.4f} pruned, "
+    seed = run_seed(args, experiment)
+    metrics = finetune(config, experiment, args.method, args.target, seed, device=args.device)
+    print(f"{experiment.name} {args.method} {args.target} seed {seed}: test top-1 {metrics.test_top1_pruned:.4f} pruned, "
           f"{metrics.test_top1_finetuned:.4f} fine-tuned; flops ratio {metrics.flops_ratio:.3f}, latency ratio "
           f"{metrics.latency_ratio_b1:.2f} (batch 1), {metrics.latency_ratio_b64:.2f} (batch 64) "
-          f"-> {config.paths(experiment.name).finetuned_dir(args.method, args.target)}")
+          f"-> {config.paths(experiment.name).finetuned_dir(args.method, args.target, seed)}")
     return 0

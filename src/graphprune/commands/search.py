@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from graphprune.commands.common import add_experiment_arguments, add_method_target_arguments, load_experiment
+from graphprune.commands.common import (
+    add_experiment_arguments,
+    add_method_target_arguments,
+    load_experiment,
+    run_seed,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -22,10 +27,11 @@ def _run(args: argparse.Namespace) -> int:
     from graphprune.selection import load_setup, run_search  # heavy (Tianshou, PyG): only when searching
 
     config, experiment = load_experiment(args)
+    seed = run_seed(args, experiment)
     setup = load_setup(config, experiment, args.device)
-    record = run_search(config, setup, args.method, args.target)
-    print(f"{experiment.name} {args.method} {args.target}: search top-1 {record['search_top1']:.4f}, "
+    record = run_search(config, setup, args.method, args.target, seed)
+    print(f"{experiment.name} {args.method} {args.target} seed {seed}: search top-1 {record['search_top1']:.4f}, "
           f"flops ratio {record['flops_ratio']:.3f}, params ratio {record['params_ratio']:.3f}, "
           f"{record['masks_evaluated']} masks evaluated in {record['search_seconds']:.1f} s "
-          f"-> {config.paths(experiment.name).mask(args.method, args.target)}")
+          f"-> {config.paths(experiment.name).mask(args.method, args.target, seed)}")
     return 0

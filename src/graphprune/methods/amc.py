@@ -32,7 +32,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.graph import trace_layers
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, counts_for_ratios, register
 from graphprune.methods.heuristics import filter_l1_scores
-from graphprune.methods.ratio_search import ScoredMasks, seeded_global_rngs
+from graphprune.methods.ratio_search import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
 from graphprune.pruning import ChannelGroups
 
 # AMC's layer embedding, one row per group. The first seven are static and min-max normalised over the
@@ -52,15 +52,14 @@ INIT_W = 0.003
 class AmcSettings:
     """Settings of `amc`; the defaults are the published code's except the search length.
 
-    episodes / warmup_episodes: the published search runs 800 episodes after 100 random warm-up ones; the
-    defaults (300 / 50) take about a minute on 2 CPU cores for ResNet-20 on 8x8 digits with 300 search images.
+    The search runs until the experiment's `search.evaluations` distinct masks are scored (the published one
+    runs 800 episodes after 100 random warm-up ones). warmup_episodes: random episodes first (counted in it).
     lower_bound: smallest keep ratio an action may ask for. reward: "acc" (search accuracy) or
     "acc_log_flops" (-error * log(FLOPs)). replay_episodes: replay capacity in episodes (AMC `rmsize`, per
     layer). noise_sigma, noise_decay: truncated-normal exploration, sigma * decay ** (episode - warm-up).
     baseline_alpha: step of the moving average of minibatch rewards subtracted from the targets.
     """
 
-    episodes: int = 300
     warmup_episodes: int = 50
     lower_bound: float = 0.2
     reward: str = "acc"
@@ -77,8 +76,8 @@ class AmcSettings:
 
     def __post_init__(self):
         problems = []
-        if self.episodes < 1 or not (0 <= self.warmup_episodes <= self.episodes):
-            problems.append("episodes must be at least 1 and warmup_episodes in [0, episodes]")
+        if self.warmup_episodes < 0:
+            problems.append("warmup_episodes must be at least 0")
         if not (0.0 < self.lower_bound <= 1.0):
             problems.append("lower_bound must be in (0, 1]")
         if self.reward not in REWARDS:
@@ -278,15 +277,15 @@ class Amc(PruningMethod):
         env = LayerwiseEnv(static, order, context.cost, budget, masks, settings)
         with seeded_global_rngs(context.seed):
             algorithm = _ddpg(env, settings)
-            updates = _train(algorithm, env, settings, np.random.default_rng(context.seed))
+            episodes, updates = _train(algorithm, env, settings, np.random.default_rng(context.seed))
         notes = (f"AMC: DDPG, {settings.warmup_episodes} warm-up episodes, keep ratio >= {settings.lower_bound} "
                  f"under the feasibility wall, L1 filter ranking, reward {settings.reward}; best mask by search "
                  "accuracy")
         if env.lower_bound_relaxed:
             notes += f"; the budget is below every group at {settings.lower_bound}: the wall used the group minimum"
         return MethodResult(masks.best_mask, {
-            "episodes": settings.episodes, "warmup_episodes": settings.warmup_episodes, "ddpg_updates": updates,
-            "walled_steps": env.walled_steps, "masks_evaluated": masks.masks_evaluated,
+            "episodes": episodes, "warmup_episodes": settings.warmup_episodes, "ddpg_updates": updates,
+            "walled_steps": env.walled_steps,
             "best_search_top1": masks.best_accuracy, "best_keep_ratios": masks.best_keep_ratios(),
             "group_order": order, "notes": notes,
         })
@@ -306,14 +305,18 @@ def _ddpg(env: LayerwiseEnv, settings: AmcSettings) -> BaselinedDDPG:
     )
 
 
-def _train(algorithm: BaselinedDDPG, env: LayerwiseEnv, settings: AmcSettings, rng: np.random.Generator) -> int:
+def _train(algorithm: BaselinedDDPG, env: LayerwiseEnv, settings: AmcSettings,
+           rng: np.random.Generator) -> tuple[int, int]:
     """AMC's loop: act for a whole episode (uniform random during warm-up, then the actor's ratio with
-    truncated-normal noise), give every transition the episode's reward, then one DDPG update per transition.
-    Returns the number of updates."""
+    truncated-normal noise), give every transition the episode's reward, then one DDPG update per transition;
+    until the search's evaluations are spent (warm-up included). Returns (episodes, updates)."""
     steps = len(env.order)
     buffer = ReplayBuffer(settings.replay_episodes * steps)
-    updates = 0
-    for episode in range(settings.episodes):
+    updates = episodes = 0
+    for episode in range(MAX_EPISODES_PER_EVALUATION * env.masks.evaluator.limit):
+        if env.masks.exhausted:
+            break
+        episodes += 1
         obs, _ = env.reset()
         transitions = []
         for _ in range(steps):
@@ -336,4 +339,4 @@ def _train(algorithm: BaselinedDDPG, env: LayerwiseEnv, settings: AmcSettings, r
                 for _ in transitions:
                     algorithm.update(buffer, sample_size=settings.batch_size)
                     updates += 1
-    return updates
+    return episodes, updates

@@ -37,7 +37,11 @@ METHOD_MODULES: dict[str, str] = {
     "gnnrl": "graphprune.methods.gnnrl",
     "amc": "graphprune.methods.amc",
     "gat_ppo": "graphprune.methods.gat_ppo",
+    "l1_ratio_search": "graphprune.methods.heuristics",
 }
+
+# Distinct masks a search method may score when the config does not say (`search.evaluations`).
+DEFAULT_EVALUATIONS = 512
 
 # Bisection steps on a continuous scale of keep ratios; 2**-50 is far below one channel of any real network.
 _BISECTION_STEPS = 50
@@ -55,6 +59,49 @@ class MethodContext:
     evaluator: Callable[[Mask], float] | None = None
     seed: int = 0
     out_dir: Path | None = None
+    evaluations: int = DEFAULT_EVALUATIONS  # distinct masks a search method may score (the equal search budget)
+
+
+class EvaluationBudgetExhausted(Exception):
+    """A search asked to score a new mask after its `evaluations` were spent: the method's loop ends there."""
+
+
+class BudgetedEvaluator:
+    """The search evaluator of one search, limited to `limit` distinct masks: the one place where every
+    search method's `masks_evaluated` is counted, so equal search budgets hold by construction.
+
+    Scoring a mask seen before is free; a new mask beyond the limit raises EvaluationBudgetExhausted.
+    `unmetered` scores without counting, for diagnostics that cannot influence the returned mask.
+    """
+
+    def __init__(self, evaluate: Callable[[Mask], float], limit: int):
+        if limit < 1:
+            raise GraphpruneError(f"search.evaluations must be at least 1, got {limit}")
+        self.unmetered, self.limit = evaluate, limit
+        self.seen: set[str] = set()
+
+    def __call__(self, mask: Mask) -> float:
+        self.charge(mask.key())
+        return float(self.unmetered(mask))
+
+    def charge(self, key: str) -> None:
+        """Count the mask with digest `key` (free when seen before); raise when it would exceed the limit."""
+        if key not in self.seen:
+            if len(self.seen) >= self.limit:
+                raise EvaluationBudgetExhausted(f"all {self.limit} evaluations are spent")
+            self.seen.add(key)
+
+    @property
+    def masks_evaluated(self) -> int:
+        return len(self.seen)
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - len(self.seen)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.remaining <= 0
 
 
 @dataclass
@@ -93,21 +140,28 @@ class PruningMethod(ABC):
                 f"method {self.name} scores masks on the search split and needs a search evaluator; "
                 "run it through `graphprune search` with a dataset"
             )
+        budgeted = None
+        if context.evaluator is not None:
+            budgeted = BudgetedEvaluator(context.evaluator, context.evaluations)
+            context = dataclasses.replace(context, evaluator=budgeted)
         start = time.perf_counter()
         result = self.choose(context, budget, typed_settings)
         seconds = time.perf_counter() - start
         _check_result(self.name, context, budget, result.mask)
         counts = result.mask.counts
         record = {
-            "method": self.name, "target": str(budget), "search_seconds": seconds, "masks_evaluated": 0,
-            "notes": "", **result.record,
+            "method": self.name, "target": str(budget), "search_seconds": seconds, "notes": "", **result.record,
+            "masks_evaluated": budgeted.masks_evaluated if budgeted else 0,
+            "evaluations": context.evaluations if self.needs_evaluator else 0,
             "flops_ratio": context.cost.ratio("flops", counts), "params_ratio": context.cost.ratio("params", counts),
         }
         return MethodResult(result.mask, record)
 
     @abstractmethod
     def choose(self, context: MethodContext, budget: Budget, settings: Any) -> MethodResult:
-        """Return a mask meeting `budget` (feasibility is already checked) and the method's own record items."""
+        """Return a mask meeting `budget` (feasibility is already checked) and the method's own record items.
+
+        `context.evaluator` is a BudgetedEvaluator: a search method scores masks until it is `exhausted`."""
 
 
 def _check_result(name: str, context: MethodContext, budget: Budget, mask: Mask) -> None:

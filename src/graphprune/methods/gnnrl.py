@@ -33,6 +33,7 @@ from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import trace_layers
 from graphprune.methods.base import (
+    EvaluationBudgetExhausted,
     MethodContext,
     MethodResult,
     PruningMethod,
@@ -41,7 +42,7 @@ from graphprune.methods.base import (
     register,
 )
 from graphprune.methods.heuristics import filter_l2_scores
-from graphprune.methods.ratio_search import ScoredMasks, seeded_global_rngs
+from graphprune.methods.ratio_search import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
 from graphprune.pruning import ChannelGroups
 
 # Dynamic columns appended to each layer node's structure features: the kept fraction of the channels it
@@ -54,12 +55,10 @@ class GnnRlSettings:
     """Settings of `gnnrl`. The PPO values are the published code's (lr 3e-4, gamma 0.99, clip 0.2, 10 epochs
     per update every 100 steps, value coefficient 0.5, entropy coefficient 0.01; encoder widths 50, actor 200).
 
-    episodes: search length. The default, 300, takes about a minute on 2 CPU cores for ResNet-20 on 8x8
-    digits with 300 search images (~0.1 s per scored mask); the published runs use thousands of episodes.
-    The search stops at the first update after `episodes` episodes ended, so a few more may have run.
+    The search runs until the experiment's `search.evaluations` distinct masks are scored (the published runs
+    use thousands of episodes), or `MAX_EPISODES_PER_EVALUATION` episodes per evaluation have ended.
     """
 
-    episodes: int = 300
     max_steps: int = 5  # steps per episode before the -100 reward
     action_std: float = 0.5  # fixed std of the Gaussian policy
     min_keep: float = 0.1  # kept fractions are clipped to [min_keep, 1] after each step
@@ -76,8 +75,8 @@ class GnnRlSettings:
 
     def __post_init__(self):
         problems = []
-        if self.episodes < 1 or self.max_steps < 1 or self.update_epochs < 1 or self.update_every_steps < 1:
-            problems.append("episodes, max_steps, update_epochs and update_every_steps must be at least 1")
+        if self.max_steps < 1 or self.update_epochs < 1 or self.update_every_steps < 1:
+            problems.append("max_steps, update_epochs and update_every_steps must be at least 1")
         if not (0.0 < self.min_keep <= 1.0) or self.action_std <= 0:
             problems.append("min_keep must be in (0, 1] and action_std positive")
         if min(self.hidden, self.embedding, self.actor_hidden) < 1:
@@ -320,7 +319,7 @@ class GnnRl(PruningMethod):
             notes += "; no episode met the budget: the closest miss's ratios were scaled down to it"
         return MethodResult(masks.best_mask, {
             "episodes": env.episodes, "episodes_meeting_budget": env.episodes_meeting_budget, "steps": steps,
-            "ppo_updates": updates, "masks_evaluated": masks.masks_evaluated,
+            "ppo_updates": updates,
             "best_search_top1": masks.best_accuracy, "best_keep_ratios": masks.best_keep_ratios(), "notes": notes,
         })
 
@@ -345,14 +344,18 @@ def _ppo(hierarchy: LayerHierarchy, env: RatioEnv, settings: GnnRlSettings) -> P
 
 def _train(algorithm: PPO, env: RatioEnv, settings: GnnRlSettings) -> tuple[int, int]:
     """Collect `update_every_steps` steps (episodes run on across collections), then `update_epochs`
-    full-batch PPO epochs; until `episodes` episodes ended. Returns (steps, updates)."""
+    full-batch PPO epochs; until the evaluations are spent (the collection that spends the last one ends the
+    search) or the episode limit is reached. Returns (steps, updates)."""
     # The same env object every time: the search reads its counters and closest miss afterwards.
     envs = DummyVectorEnv([lambda: env])
     collector = Collector(algorithm, envs, VectorReplayBuffer(settings.update_every_steps, 1))
     steps = updates = 0
-    while env.episodes < settings.episodes:
+    while env.episodes < MAX_EPISODES_PER_EVALUATION * env.masks.evaluator.limit and not env.masks.exhausted:
         with policy_within_training_step(algorithm.policy):
-            collected = collector.collect(n_step=settings.update_every_steps, reset_before_collect=steps == 0)
+            try:
+                collected = collector.collect(n_step=settings.update_every_steps, reset_before_collect=steps == 0)
+            except EvaluationBudgetExhausted:
+                break
             algorithm.update(buffer=collector.buffer, batch_size=None, repeat=settings.update_epochs)
         collector.reset_buffer(keep_statistics=False)
         steps += collected.n_collected_steps

@@ -1,13 +1,15 @@
-"""The heuristic comparison systems of METHOD.md section 3: random, random_search, l1_uniform, global_bn, depgraph.
+"""The heuristic comparison systems (docs/BASELINES.md): random, random_search, l1_ratio_search, l1_uniform,
+global_bn, depgraph.
 
 Each turns (trained model, budget) into a mask meeting the budget, with the shared arithmetic of `base`:
 a uniform keep ratio by bisection (`random`, `l1_uniform`), a global ranking dropped to the budget
-(`global_bn`, `depgraph`), or random per-group ratios scored by the search evaluator (`random_search`).
+(`global_bn`, `depgraph`), or random per-group ratios scored by the search evaluator (`random_search`, `l1_ratio_search`).
 Channel scores are read from the model's weights; nothing here trains, changes or evaluates the model itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +30,7 @@ from graphprune.methods.base import (
     register,
     remove_to_budget,
 )
-from graphprune.pruning import ChannelGroups, GroupMember, build_dependency_graph
+from graphprune.pruning import ChannelGroups, GroupMember, Mask, build_dependency_graph
 
 _FILTER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # layers whose weight rows are output-channel filters
 
@@ -77,44 +79,75 @@ class DepGraph(PruningMethod):
 
 
 @dataclass(frozen=True)
-class RandomSearchSettings:
-    """num_masks: masks scored (set it to the number the RL agent evaluated: the equal-budget control).
-    min_ratio: per-group keep ratios are drawn uniformly from [min_ratio, 1] before scaling to the budget."""
+class RatioSearchSettings:
+    """min_ratio: per-group keep ratios are drawn uniformly from [min_ratio, 1] before scaling to the budget.
+    The number of masks scored is the experiment's `search.evaluations`, as for every search method."""
 
-    num_masks: int = 100
     min_ratio: float = 0.05
 
     def __post_init__(self):
-        if self.num_masks < 1 or not (0.0 < self.min_ratio <= 1.0):
-            raise GraphpruneError(
-                f"random_search needs num_masks >= 1 and min_ratio in (0, 1], got {self.num_masks}, {self.min_ratio}"
-            )
+        if not (0.0 < self.min_ratio <= 1.0):
+            raise GraphpruneError(f"ratio searches need min_ratio in (0, 1], got {self.min_ratio}")
 
 
-@register("random_search")
-class RandomSearch(PruningMethod):
-    """Random per-group keep ratios, scaled to the budget, random channels; the best of `num_masks` by search
-    accuracy (first found wins ties)."""
+# Draws per evaluation before a ratio search gives up finding new masks (a tiny network may have fewer
+# distinct masks under the budget than the search may score).
+_DRAWS_PER_EVALUATION = 20
 
-    settings_type = RandomSearchSettings
+
+class RatioSearch(PruningMethod):
+    """Random per-group keep ratios scaled to the budget; which channels each group keeps is `keep`'s choice;
+    the best by search accuracy (the first found wins ties) once the evaluations are spent."""
+
+    settings_type = RatioSearchSettings
     needs_evaluator = True
+    description = ""
 
-    def choose(self, context: MethodContext, budget: Budget, settings: RandomSearchSettings) -> MethodResult:
+    def channel_chooser(self, context: MethodContext) -> Callable[[np.ndarray, np.random.Generator], Mask]:
+        """(kept counts per group, rng) -> the mask keeping those counts."""
+        raise NotImplementedError
+
+    def choose(self, context: MethodContext, budget: Budget, settings: RatioSearchSettings) -> MethodResult:
         rng = np.random.default_rng(context.seed)
-        sizes = context.groups.sizes
+        evaluator, keep = context.evaluator, self.channel_chooser(context)
         best_mask, best_accuracy, accuracies = None, -np.inf, []
-        for _ in range(settings.num_masks):
-            ratios = rng.uniform(settings.min_ratio, 1.0, size=len(sizes))
-            mask = random_channels(largest_scaled_counts(context.cost, budget, ratios), sizes, rng)
-            accuracy = float(context.evaluator(mask))
+        for _ in range(_DRAWS_PER_EVALUATION * evaluator.limit):
+            if evaluator.exhausted:
+                break
+            ratios = rng.uniform(settings.min_ratio, 1.0, size=len(context.groups))
+            mask = keep(largest_scaled_counts(context.cost, budget, ratios), rng)
+            accuracy = float(evaluator(mask))
             accuracies.append(accuracy)
             if accuracy > best_accuracy:
                 best_mask, best_accuracy = mask, accuracy
         return MethodResult(best_mask, {
-            "masks_evaluated": settings.num_masks, "best_search_top1": best_accuracy,
+            "draws": len(accuracies), "best_search_top1": best_accuracy,
             "mean_search_top1": float(np.mean(accuracies)),
-            "notes": f"best of {settings.num_masks} random per-group ratio masks by search accuracy",
+            "notes": f"best of {evaluator.masks_evaluated} random per-group ratio masks ({self.description}) by "
+                     "search accuracy",
         })
+
+
+@register("random_search")
+class RandomSearch(RatioSearch):
+    """Random per-group keep ratios, random channels inside each group (the control that learns nothing)."""
+
+    description = "random channels"
+
+    def channel_chooser(self, context: MethodContext) -> Callable[[np.ndarray, np.random.Generator], Mask]:
+        return lambda counts, rng: random_channels(counts, context.groups.sizes, rng)
+
+
+@register("l1_ratio_search")
+class L1RatioSearch(RatioSearch):
+    """Random per-group keep ratios, the largest-L1 filters kept inside each group: separates "found a good
+    per-group allocation" from "learned which channels matter" (docs/BASELINES.md)."""
+
+    description = "largest filter L1 norms kept"
+
+    def channel_chooser(self, context: MethodContext) -> Callable[[np.ndarray, np.random.Generator], Mask]:
+        scores = filter_l1_scores(context.model, context.groups)
+        return lambda counts, rng: keep_top(scores, counts)
 
 
 # -------------------------------------------------------------------------------------------- channel scores

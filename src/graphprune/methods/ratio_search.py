@@ -17,6 +17,9 @@ from graphprune.cost import Budget, CostModel
 from graphprune.methods.base import keep_top
 from graphprune.pruning import Mask
 
+# A converged policy repeats masks, which cost no evaluation: this bounds a search that stops finding new ones.
+MAX_EPISODES_PER_EVALUATION = 4
+
 
 class ScoredMasks:
     """Masks from kept counts, scored on the search split; remembers the best (the first found wins ties).
@@ -31,7 +34,6 @@ class ScoredMasks:
         self.best_mask: Mask | None = None
         self.best_accuracy = -np.inf
         self.accuracies: list[float] = []  # one per call, in order
-        self._distinct: set[str] = set()
 
     def mask(self, counts: Sequence[int] | np.ndarray) -> Mask:
         return keep_top(self.channel_scores, [int(c) for c in counts])
@@ -41,17 +43,16 @@ class ScoredMasks:
         if not self.cost.meets(self.budget, counts):
             raise ValueError(f"counts {list(counts)} exceed the budget {self.budget}; only feasible masks are scored")
         mask = self.mask(counts)
-        accuracy = float(self.evaluator(mask))
-        self._distinct.add(mask.key())
+        accuracy = float(self.evaluator(mask))  # raises EvaluationBudgetExhausted once the budget is spent
         self.accuracies.append(accuracy)
         if accuracy > self.best_accuracy:
             self.best_mask, self.best_accuracy = mask, accuracy
         return accuracy
 
     @property
-    def masks_evaluated(self) -> int:
-        """Distinct masks scored: the equal-budget N for `random_search`."""
-        return len(self._distinct)
+    def exhausted(self) -> bool:
+        """True once the search's evaluations are spent (the evaluator is a BudgetedEvaluator)."""
+        return bool(getattr(self.evaluator, "exhausted", False))
 
     def best_keep_ratios(self) -> list[float]:
         """Kept fraction per group of the best mask, rounded for the record."""

@@ -41,7 +41,7 @@ class GatPpo(PruningMethod):
             _, greedy_top1 = search.greedy_mask()
         finally:
             search.close()
-        record = {"masks_evaluated": result.masks_evaluated, "episodes": result.episodes,
+        record = {"episodes": result.episodes,
                   "search_top1": result.search_top1, "greedy_policy_search_top1": greedy_top1,
                   "notes": f"stopped on {result.record['stop_reason']}", **result.record}
         return MethodResult(result.mask, record)

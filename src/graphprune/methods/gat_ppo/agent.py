@@ -14,6 +14,7 @@ import io
 import logging
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from graphprune.checkpoint import atomic_torch_save, atomic_write_text, load_che
 from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import NetworkGraph
+from graphprune.methods.base import BudgetedEvaluator
 from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
 from graphprune.methods.gat_ppo.policy import (
     GraphCritic,
@@ -42,6 +44,7 @@ from graphprune.methods.gat_ppo.policy import (
     gaussian_ratio,
 )
 from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
+from graphprune.methods.ratio_search import MAX_EPISODES_PER_EVALUATION
 from graphprune.pruning import Mask
 
 log = logging.getLogger(__name__)
@@ -54,9 +57,9 @@ LOG_NAME = "log.csv"
 
 @dataclass(frozen=True)
 class AgentSettings:
-    """Search settings of `gat_ppo` (config: `search` section). Defaults are sized for 2 CPU cores."""
+    """Search settings of `gat_ppo` (config: `search.methods.gat_ppo`). Defaults are sized for 2 CPU cores.
+    The search runs until the experiment's `search.evaluations` distinct masks are scored."""
 
-    episodes: int = 512
     episodes_per_iteration: int = 32
     num_envs: int = 8
     vector_env: str = "dummy"  # "dummy" (in-process) | "subprocess"
@@ -111,17 +114,17 @@ class SearchResult:
 class GatPpoSearch:
     """One agent searching masks for one (network, budget). `run()` resumes from `out_dir` if it can."""
 
-    def __init__(self, graph: NetworkGraph, order: list[int], cost: CostModel, budget: Budget, evaluate,
-                 importance: list[np.ndarray], settings: AgentSettings, seed: int, out_dir: str | Path,
-                 min_channels: int = 1, device: str | torch.device = "cpu"):
-        self.settings, self.seed, self.budget = settings, seed, budget
+    def __init__(self, graph: NetworkGraph, order: list[int], cost: CostModel, budget: Budget,
+                 evaluator: BudgetedEvaluator, importance: list[np.ndarray], settings: AgentSettings, seed: int,
+                 out_dir: str | Path, min_channels: int = 1, device: str | torch.device = "cpu"):
+        self.settings, self.seed, self.budget, self.evaluator = settings, seed, budget, evaluator
         self.out_dir = Path(out_dir)
         sizes = graph.group_sizes
         self.layout = (EpisodeLayout.per_group if settings.episode == "per_group" else EpisodeLayout.one_shot)(
             sizes, order)
         cost.check_feasible(budget)
 
-        def make_env() -> PruningEnv:
+        def make_env(evaluate=evaluator) -> PruningEnv:
             return PruningEnv(self.layout, cost, budget, evaluate, importance, min_channels,
                               feasibility_wall=settings.feasibility_wall, action=settings.policy.action)
 
@@ -158,7 +161,6 @@ class GatPpoSearch:
                                              max_value=settings.lagrange_max)
         self.iteration = 0
         self.log_rows: list[dict] = []
-        self.mask_keys: set[str] = set()  # distinct masks evaluated (the equal-budget N for random_search)
         self.best: tuple[float, list[list[int]]] | None = None  # (search accuracy, kept indices)
         self.seconds = 0.0
         self.timing = {"collect": 0.0, "update": 0.0, "env_step": 0.0, "evaluation": 0.0}
@@ -169,19 +171,27 @@ class GatPpoSearch:
         """Search until a stop criterion; `stop_after_iterations` simulates an interruption (tests)."""
         self._resume()
         s = self.settings
-        iterations = -(-s.episodes // s.episodes_per_iteration)
-        progress = tqdm(total=iterations, initial=self.iteration, desc=f"gat_ppo {self.budget}", unit="it",
-                        dynamic_ncols=True)
+        evaluator = self.evaluator
+        max_episodes = MAX_EPISODES_PER_EVALUATION * evaluator.limit
+        progress = tqdm(total=evaluator.limit, initial=evaluator.masks_evaluated, desc=f"gat_ppo {self.budget}",
+                        unit="mask", dynamic_ncols=True)
         started = time.perf_counter() - self.seconds
         best_iteration = self.iteration
-        while self.iteration < iterations:
-            before = self.best[0] if self.best else None
-            self._iterate()
+        while True:
+            if evaluator.exhausted:
+                self.stop_reason = "evaluations"
+                break
+            if len(self.log_rows) >= max_episodes:
+                self.stop_reason = f"{max_episodes} episodes (the policy repeats its masks)"
+                break
+            before, evaluated = (self.best[0] if self.best else None), evaluator.masks_evaluated
+            # The last iteration runs only as many episodes as evaluations are left, so no search overshoots.
+            self._iterate(min(s.episodes_per_iteration, evaluator.remaining))
             self.seconds = time.perf_counter() - started
             self._save_checkpoint()
             if self.best and self.best[0] != before:
                 best_iteration = self.iteration
-            progress.update(1)
+            progress.update(evaluator.masks_evaluated - evaluated)
             progress.set_postfix(best=f"{self.best[0]:.4f}", lam=f"{self.multiplier.value:.2f}")
             if stop_after_iterations is not None and self.iteration >= stop_after_iterations:
                 self.stop_reason = "interrupted"
@@ -193,14 +203,15 @@ class GatPpoSearch:
                 self.stop_reason = f"no improvement for {s.plateau_iterations} iterations"
                 break
         progress.close()
-        self.stop_reason = self.stop_reason or "episodes"
         return self._result()
 
     def close(self) -> None:
         self.envs.close()
 
     def greedy_mask(self) -> tuple[Mask, float]:
-        """Run one episode with the policy's most likely actions: (repaired mask, its search accuracy)."""
+        """Run one episode with the policy's most likely actions: (repaired mask, its search accuracy).
+
+        A diagnostic: scored without spending the search's evaluations, and never returned as the result."""
         mask, accuracy, _ = self._greedy_episode()
         return mask, accuracy
 
@@ -211,7 +222,7 @@ class GatPpoSearch:
         return self._greedy_episode()[2]
 
     def _greedy_episode(self) -> tuple[Mask, float, np.ndarray]:
-        env = self.make_env()
+        env = self.make_env(self.evaluator.unmetered)
         obs, _ = env.reset()
         done, info = False, {}
         probabilities = np.zeros(self.layout.num_channels)
@@ -227,11 +238,12 @@ class GatPpoSearch:
         mask = Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:]))
         return mask, float(info["search_top1"]), probabilities
 
-    def _iterate(self) -> None:
+    def _iterate(self, episodes: int) -> None:
         s = self.settings
         t0 = time.perf_counter()
-        with policy_within_training_step(self.algorithm.policy):
-            self.collector.collect(n_episode=s.episodes_per_iteration, reset_before_collect=True)
+        with policy_within_training_step(self.algorithm.policy), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*should be larger than self.env_num.*")  # the last, short one
+            self.collector.collect(n_episode=episodes, reset_before_collect=True)
             t1 = time.perf_counter()
             overshoots = self._assign_rewards()
             self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size, repeat=s.update_repeats)
@@ -262,9 +274,9 @@ class GatPpoSearch:
             buffer.rew[index] = reward
             overshoots.append(overshoot)
             flags = np.asarray(info["kept_flags"], dtype=bool)
-            self.mask_keys.add(np.packbits(flags).tobytes().hex())
+            mask = Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:]))
+            self.evaluator.charge(mask.key())  # counted here too: subprocess environments count in their copies
             if self.best is None or accuracy > self.best[0]:
-                mask = Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:]))
                 self.best = (accuracy, [list(k) for k in mask.kept])
             self.log_rows.append({
                 "episode": len(self.log_rows), "iteration": self.iteration, "reward": reward,
@@ -282,10 +294,11 @@ class GatPpoSearch:
     def _save_checkpoint(self) -> None:
         state = {
             "settings": self.settings.to_dict(), "seed": self.seed, "budget": str(self.budget),
+            "evaluations": self.evaluator.limit,
             "iteration": self.iteration, "algorithm": self.algorithm.state_dict(),
             "reward": self.reward.state_dict(), "multiplier": self.multiplier.value,
             "best": list(self.best) if self.best else None, "log": self.log_rows,
-            "mask_keys": sorted(self.mask_keys), "seconds": self.seconds,
+            "mask_keys": sorted(self.evaluator.seen), "seconds": self.seconds,
             "timing": dict(self.timing), "rng": _rng_states(),
         }
         atomic_torch_save(state, self._checkpoint_path())
@@ -297,7 +310,7 @@ class GatPpoSearch:
             return
         state = load_checkpoint(path)
         if state.get("settings") != self.settings.to_dict() or state.get("seed") != self.seed \
-                or state.get("budget") != str(self.budget):
+                or state.get("budget") != str(self.budget) or state.get("evaluations") != self.evaluator.limit:
             log.warning("%s belongs to a search with other settings: starting over", path)
             return
         self.algorithm.load_state_dict(state["algorithm"])
@@ -305,13 +318,13 @@ class GatPpoSearch:
         self.multiplier.value = float(state["multiplier"])
         self.best = (float(state["best"][0]), state["best"][1]) if state["best"] else None
         self.iteration, self.log_rows = int(state["iteration"]), list(state["log"])
-        self.mask_keys = set(state["mask_keys"])
+        self.evaluator.seen.update(state["mask_keys"])
         self.seconds, self.timing = float(state["seconds"]), dict(state["timing"])
         _set_rng_states(state["rng"])
 
     def _result(self) -> SearchResult:
         if self.best is None:
-            raise GraphpruneError("the search ran no episode; raise search.episodes")
+            raise GraphpruneError("the search ran no episode; raise search.evaluations")
         accuracy, kept = self.best
         mask = Mask(tuple(self.layout.sizes), tuple(tuple(k) for k in kept))
         t = self.timing
@@ -327,7 +340,7 @@ class GatPpoSearch:
             "multiplier": self.multiplier.value, "timing_seconds": dict(self.timing),
             "repaired_episodes": sum(1 for r in self.log_rows if r["repaired_channels"] > 0),
         }
-        return SearchResult(mask, accuracy, len(self.log_rows), len(self.mask_keys), self.seconds, record)
+        return SearchResult(mask, accuracy, len(self.log_rows), self.evaluator.masks_evaluated, self.seconds, record)
 
 
 def _rng_states() -> dict:
