@@ -1,10 +1,20 @@
 import dataclasses
+import gzip
+import os
+import shutil
 
 import pytest
 import torch
+import torchvision
+from torchvision import transforms as T
 
+import graphprune.data
 from graphprune.config import dataset_settings
 from graphprune.data import (
+    FASHION_MNIST_DEBIAN_DIR,
+    FASHION_MNIST_FILES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
     KNOWN_DATASETS,
     DatasetInfo,
     dataset_info,
@@ -12,6 +22,7 @@ from graphprune.data import (
     hold_out,
     load_splits,
     make_loader,
+    prepare_fashion_mnist,
 )
 from graphprune.errors import GraphpruneError
 
@@ -78,7 +89,7 @@ def test_unknown_dataset_lists_the_known_ones():
     settings = dataclasses.replace(dataset_settings({"name": "digits"}), name="mnist")
     with pytest.raises(GraphpruneError, match="unknown dataset 'mnist'; known datasets: digits, cifar10"):
         load_splits(settings)
-    assert set(KNOWN_DATASETS) == {"digits", "cifar10", "cifar100", "imagenet", "fake"}
+    assert set(KNOWN_DATASETS) == {"digits", "cifar10", "cifar100", "imagenet", "fashion_mnist", "fake"}
 
 
 @pytest.mark.parametrize(("name", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
@@ -99,3 +110,139 @@ def test_missing_imagenet_folders_are_named(tmp_path):
 def test_search_split_must_leave_training_data():
     with pytest.raises(GraphpruneError, match="search_size 2000"):
         load_splits(dataset_settings({"name": "digits", "search_size": 2000}))
+
+
+# Fashion-MNIST: the real files from Debian's dataset-fashion-mnist package, loaded once for the module.
+FASHION_MNIST_BYTES = {"train-images-idx3-ubyte": 47_040_016, "train-labels-idx1-ubyte": 60_008,
+                       "t10k-images-idx3-ubyte": 7_840_016, "t10k-labels-idx1-ubyte": 10_008}
+
+
+def require_debian_fashion_mnist():
+    """Skip without the Debian package's files, except under CI, which must not skip silently."""
+    absent = [name for name in FASHION_MNIST_FILES if not (FASHION_MNIST_DEBIAN_DIR / f"{name}.gz").is_file()]
+    if absent:
+        reason = f"{FASHION_MNIST_DEBIAN_DIR} lacks {absent}: apt-get install dataset-fashion-mnist"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: the test must run, not skip)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def fashion_root(tmp_path_factory):
+    require_debian_fashion_mnist()
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def fashion_splits(fashion_root):
+    return load_splits(dataset_settings({"name": "fashion_mnist", "root": str(fashion_root)}))
+
+
+def test_fashion_mnist_is_prepared_from_the_debian_files(fashion_root, fashion_splits):
+    raw = fashion_root / "FashionMNIST" / "raw"
+    assert sorted(path.name for path in raw.iterdir()) == sorted(FASHION_MNIST_FILES)  # no temporary files left
+    for name, size in FASHION_MNIST_BYTES.items():
+        assert (raw / name).stat().st_size == size
+    with gzip.open(FASHION_MNIST_DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz") as compressed:
+        assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == compressed.read()
+
+
+def test_fashion_mnist_splits_partition_the_official_training_images(fashion_splits):
+    train, search = fashion_splits.train, fashion_splits.search
+    assert (len(train), len(search), len(fashion_splits.test)) == (54_000, 6_000, 10_000)
+    assert set(train.indices).isdisjoint(search.indices)
+    assert sorted(train.indices + search.indices) == list(range(60_000))
+    assert fashion_splits.info == DatasetInfo("fashion_mnist", num_classes=10, in_channels=1, input_size=28)
+    assert dataset_info(dataset_settings({"name": "fashion_mnist"})) == fashion_splits.info
+
+
+def test_fashion_mnist_yields_normalised_images_and_labels(fashion_splits):
+    for split in (fashion_splits.train, fashion_splits.search, fashion_splits.test):
+        image, label = split[0]
+        assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+        assert isinstance(label, int) and 0 <= label < 10
+    images, labels = next(iter(make_loader(fashion_splits.search, 2000)))
+    assert images.shape == (2000, 1, 28, 28) and set(labels.tolist()) == set(range(10))
+    assert abs(images.mean().item()) < 0.05 and 0.95 < images.std().item() < 1.05
+
+
+def test_fashion_mnist_tensor_transforms_equal_torchvisions_pil_transforms(fashion_root, fashion_splits):
+    """The loader skips torchvision's per-image PIL conversion; the images must be the ones it would give."""
+    pil = torchvision.datasets.FashionMNIST(fashion_root, train=True)
+    normalize = [T.ToTensor(), T.Normalize(FASHION_MNIST_MEAN, FASHION_MNIST_STD)]
+    augment = T.Compose([T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(), *normalize])
+    train, search = fashion_splits.train, fashion_splits.search
+    for position in range(50):
+        torch.manual_seed(position)
+        image, label = train[position]
+        torch.manual_seed(position)
+        assert torch.equal(image, augment(pil[train.indices[position]][0]))
+        assert label == pil[train.indices[position]][1]
+        assert torch.equal(search[position][0], T.Compose(normalize)(pil[search.indices[position]][0]))
+    torch.manual_seed(0)
+    first = torch.stack([train[position][0] for position in range(20)])
+    torch.manual_seed(0)
+    assert torch.equal(first, torch.stack([train[position][0] for position in range(20)]))
+    torch.manual_seed(1)
+    assert not torch.equal(first, torch.stack([train[position][0] for position in range(20)]))  # augmented
+
+
+def test_fashion_mnist_split_follows_its_settings_only(fashion_root, fashion_splits):
+    again = load_splits(dataset_settings({"name": "fashion_mnist", "root": str(fashion_root)}))
+    assert again.search.indices == fashion_splits.search.indices
+    other = load_splits(dataset_settings({"name": "fashion_mnist", "root": str(fashion_root), "split_seed": 1,
+                                          "search_size": 5000}))
+    assert len(other.search) == 5000 and other.search.indices != fashion_splits.search.indices[:5000]
+
+
+def test_prepared_fashion_mnist_needs_no_debian_files(fashion_root, fashion_splits, monkeypatch, tmp_path):
+    """A folder brought by `dvc pull` (or prepared before) is read as it is."""
+    monkeypatch.setattr(graphprune.data, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
+    splits = load_splits(dataset_settings({"name": "fashion_mnist", "root": str(fashion_root)}))
+    assert len(splits.test) == 10_000
+
+
+def test_missing_fashion_mnist_names_both_ways_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(graphprune.data, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
+    with pytest.raises(GraphpruneError) as error:
+        load_splits(dataset_settings({"name": "fashion_mnist", "root": str(tmp_path / "data"), "download": False}))
+    message = str(error.value)
+    assert str(tmp_path / "data" / "FashionMNIST" / "raw") in message and str(tmp_path / "absent") in message
+    assert "apt-get install dataset-fashion-mnist" in message and "download: true" in message
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.fixture
+def fake_debian_files(tmp_path, monkeypatch):
+    """Small stand-ins for the Debian package's gzipped files: the preparation alone, without the real data."""
+    folder = tmp_path / "debian"
+    folder.mkdir()
+    for name in FASHION_MNIST_FILES:
+        with gzip.open(folder / f"{name}.gz", "wb") as out:
+            out.write(name.encode() * 1000)
+    monkeypatch.setattr(graphprune.data, "FASHION_MNIST_DEBIAN_DIR", folder)
+    return folder
+
+
+def test_preparation_adds_only_missing_files(tmp_path, fake_debian_files):
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"already here")
+    assert prepare_fashion_mnist(tmp_path / "root") == raw
+    assert sorted(path.name for path in raw.iterdir()) == sorted(FASHION_MNIST_FILES)
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == b"already here"
+    assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == b"t10k-labels-idx1-ubyte" * 1000
+
+
+def test_failed_preparation_leaves_no_truncated_file(tmp_path, fake_debian_files):
+    """A source that breaks off after more than one copied chunk: nothing may remain under a final name."""
+    content = torch.randint(0, 256, (3 << 20,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    broken = fake_debian_files / "train-images-idx3-ubyte.gz"
+    broken.write_bytes(gzip.compress(content.numpy().tobytes())[: 5 << 19])  # 2.5 of ~3 MiB
+    with pytest.raises(GraphpruneError, match=f"could not decompress {broken}"):
+        prepare_fashion_mnist(tmp_path / "root")
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    assert list(raw.iterdir()) == []  # the first file to prepare: neither it nor its temporary file remains
+    shutil.copy(fake_debian_files / "t10k-images-idx3-ubyte.gz", broken)
+    prepare_fashion_mnist(tmp_path / "root")
+    assert sorted(path.name for path in raw.iterdir()) == sorted(FASHION_MNIST_FILES)
