@@ -1,6 +1,7 @@
 import dataclasses
 import gzip
 import os
+import pickle
 import shutil
 
 import pytest
@@ -246,3 +247,19 @@ def test_failed_preparation_leaves_no_truncated_file(tmp_path, fake_debian_files
     shutil.copy(fake_debian_files / "t10k-images-idx3-ubyte.gz", broken)
     prepare_fashion_mnist(tmp_path / "root")
     assert sorted(path.name for path in raw.iterdir()) == sorted(FASHION_MNIST_FILES)
+
+
+def test_cifar_test_split_yields_normalised_tensors(tmp_path, monkeypatch):
+    """All three CIFAR splits batch through make_loader (the test split used to yield PIL images)."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": torch.full((4, 3072), 128, dtype=torch.uint8).numpy(), "labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)  # no md5s
+    splits = load_splits(dataset_settings({"name": "cifar10", "root": str(tmp_path), "search_size": 4}))
+    for split in (splits.train, splits.search, splits.test):
+        images, labels = next(iter(make_loader(split, 4)))
+        assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert torch.allclose(images[:, 0], torch.tensor((128 / 255 - 0.4914) / 0.2470))

@@ -240,9 +240,12 @@ def _cifar(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     dataset_class = torchvision.datasets.CIFAR10 if is_cifar10 else torchvision.datasets.CIFAR100
     folder = "cifar-10-batches-py" if is_cifar10 else "cifar-100-python"
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if is_cifar10 else (CIFAR100_MEAN, CIFAR100_STD)
+    normalize = [T.ToTensor(), T.Normalize(mean, std)]
     try:
         train_pool = dataset_class(settings.root, train=True, download=settings.download)
-        test_images = dataset_class(settings.root, train=False, download=settings.download)
+        test_images = dataset_class(
+            settings.root, train=False, download=settings.download, transform=T.Compose(normalize)
+        )
     except Exception as exc:  # RuntimeError when absent, URLError/OSError when the download fails
         how = (
             "the download failed; run once on a machine with internet access and copy the folder here"
@@ -253,7 +256,6 @@ def _cifar(settings: DatasetSettings, info: DatasetInfo) -> Splits:
             f"{settings.name} not found under {settings.root} (expected {Path(settings.root) / folder}): "
             f"{how}, or place the extracted {folder} folder under {settings.root} ({exc})"
         ) from exc
-    normalize = [T.ToTensor(), T.Normalize(mean, std)]
     augment = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalize])
     return _split_train_pool(train_pool, test_images, augment, T.Compose(normalize), settings, info)
 
