@@ -3,10 +3,11 @@
 On the default experiment (digits, ResNet-20, trained by the pipeline's pretrain step if absent), for each
 method, target and seed: the chosen mask's search accuracy and test accuracy (BN-recalibrated masked
 forward, the test split scored only here), FLOPs ratio, masks evaluated and search seconds; then mean and
-standard deviation per method and target. Methods use the experiment's settings (config.yaml); random_search
-evaluates --num-masks masks (default 512, gat_ppo's default episode count).
+standard deviation per method and target. Methods (registry or variant names) use the experiment's settings
+and every one scores the same number of distinct masks (the experiment's search.evaluations, or --evaluations).
+The pipeline's `seeds` do the same with fine-tuning (make bench); this is the quick look without it.
 
-    python bench/method_seeds.py [--methods amc gnnrl random_search] [--seeds 0 1 2] [--targets flops0.5 flops0.3]
+    python bench/method_seeds.py [--methods amc gnnrl l1_ratio_search] [--seeds 0 1 2] [--evaluations 512]
 """
 
 from __future__ import annotations
@@ -28,26 +29,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--experiment", default="digits-resnet20")
-    parser.add_argument("--methods", nargs="+", default=["amc", "gnnrl", "random_search"])
+    parser.add_argument("--methods", nargs="+", default=["amc", "gnnrl", "random_search", "l1_ratio_search"])
     parser.add_argument("--targets", nargs="+", default=["flops0.5", "flops0.3"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--num-masks", type=int, default=512, help="random_search's evaluations")
+    parser.add_argument("--evaluations", type=int, default=None, help="search budget (default: the experiment's)")
     args = parser.parse_args()
 
     experiment, setup, test_scorer = trained_setup(args.config, args.experiment)
     print(f"machine: {machine_summary()}\n")
     rows = []
+    evaluations = args.evaluations or experiment.search.evaluations
     for method in args.methods:
         settings = experiment.method_settings(method)
-        if method == "random_search":
-            settings.setdefault("num_masks", args.num_masks)
         for target in args.targets:
             for seed in args.seeds:
                 out_dir = Path(tempfile.mkdtemp(prefix="method_seeds_"))
                 try:
                     context = MethodContext(setup.model, setup.groups, setup.cost, setup.graph, setup.evaluator,
-                                            seed, out_dir)
-                    result = get_method(method).search(context, parse_target(target), settings)
+                                            seed, out_dir, evaluations)
+                    result = get_method(experiment.base_method(method)).search(context, parse_target(target),
+                                                                               settings)
                 finally:
                     shutil.rmtree(out_dir, ignore_errors=True)
                 rows.append({"method": method, "target": target, "seed": seed,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -55,6 +55,7 @@ class TrainRecipe:
     label_smoothing: float
     amp: bool
     workers: int
+    images_per_epoch: int | None  # train on this many images per epoch, drawn anew each epoch; None = all
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainRecipe:
@@ -149,14 +150,15 @@ def train(
     history = _resume(run_dir, config_hash, model, optimizer, scheduler, scaler)
     resumed_from = len(history)
 
-    train_loader = make_loader(train_set, recipe.batch_size, shuffle=True, workers=recipe.workers)
     search_loader = make_loader(search_set, recipe.batch_size, workers=recipe.workers)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     with logging_redirect_tqdm():
         for epoch in range(resumed_from, recipe.epochs):
             started = time.perf_counter()
             seed_everything(epoch_seed(seed, epoch))
-            train_loader.generator.manual_seed(epoch_seed(seed, epoch))
+            train_loader = make_loader(_epoch_images(train_set, recipe.images_per_epoch, epoch_seed(seed, epoch)),
+                                       recipe.batch_size, shuffle=True, seed=epoch_seed(seed, epoch),
+                                       workers=recipe.workers)
             lr = optimizer.param_groups[0]["lr"]
             train_loss, train_top1 = _train_one_epoch(
                 model, train_loader, optimizer, scaler, criterion, device, use_amp,
@@ -178,6 +180,13 @@ def train(
             if on_epoch_end is not None:
                 on_epoch_end(record)
     return TrainResult(model, history, resumed_from)
+
+
+def _epoch_images(train_set: Dataset, images: int | None, seed: int) -> Dataset:
+    """The training images of one epoch: all of them, or `images` drawn without replacement by `seed`."""
+    if images is None or images >= len(train_set):
+        return train_set
+    return Subset(train_set, torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:images].tolist())
 
 
 def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, use_amp, description):
