@@ -51,6 +51,11 @@ def finished_results(tiny_section, tmp_path):
             if method == "gat_ppo":
                 log = pd.DataFrame({"episode": range(20), "search_top1": [0.1 * ((i + seed) % 7) for i in range(20)]})
                 log.to_csv(paths.search_log(method, "flops0.5", seed), index=False)
+                iterations = pd.DataFrame({
+                    "iteration": range(4), "sampled_mean": [0.5, 0.6, 0.7, 0.75], "sampled_std": [0.1] * 4,
+                    "best_search_top1": [0.6, 0.7, 0.8, 0.8], "greedy_search_top1": [0.2, 0.5, 0.7, 0.79],
+                    "multiplier": [0.0, 1.0, 0.5, 0.2], "repaired_share": [0.8, 0.5, 0.2, 0.05]})
+                iterations.to_csv(paths.search_iterations(method, "flops0.5", seed), index=False)
     return config
 
 

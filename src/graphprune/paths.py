@@ -53,6 +53,10 @@ class ResultPaths:
     def search_record(self, method: str, target: str, seed: int | str) -> str:
         return posixpath.join(self.search_dir(method, target, seed), "record.json")
 
+    def search_iterations(self, method: str, target: str, seed: int | str) -> str:
+        """Per-iteration statistics of a learning search (gat_ppo): sampled accuracy, greedy policy, PPO's own."""
+        return posixpath.join(self.search_dir(method, target, seed), "iterations.csv")
+
     def search_log(self, method: str, target: str, seed: int | str) -> str:
         """Per-episode log of a search, written by the methods that learn (gat_ppo); others write none."""
         return posixpath.join(self.search_dir(method, target, seed), "log.csv")
@@ -121,7 +125,7 @@ def report_html(root: str) -> str:
 
 
 # The report's figures by name; each has a caption workflow/report/<name>.rst.
-REPORT_FIGURES = ("accuracy_vs_flops", "search_curves", "kept_channels")
+REPORT_FIGURES = ("accuracy_vs_flops", "search_curves", "learning_curves", "kept_channels")
 
 
 def figure(root: str, name: str) -> str:

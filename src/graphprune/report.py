@@ -74,6 +74,7 @@ def write_report(config: Config) -> ReportFiles:
     drawings = {
         "accuracy_vs_flops": lambda: accuracy_vs_flops_figure(summary, baselines(config), palette),
         "search_curves": lambda: search_curves_figure(collect_search_logs(config), palette),
+        "learning_curves": lambda: learning_curves_figure(collect_iterations(config), palette),
         "kept_channels": lambda: kept_channels_figure(collect_records(config), palette),
     }
     figures = []
@@ -186,6 +187,18 @@ def collect_search_logs(config: Config) -> pd.DataFrame:
                 experiment=name, method=method, target=target, seed=seed))
     columns = [*KEYS, "seed", "episode", "search_top1", "best_search_top1"]
     return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def collect_iterations(config: Config) -> pd.DataFrame:
+    """Every row of every search/iterations.csv (the agent's per-iteration statistics), with its run's keys."""
+    frames = []
+    for name, experiment in config.experiments.items():
+        paths = config.paths(name)
+        for method, target, seed in experiment.runs():
+            path = Path(paths.search_iterations(method, target, seed))
+            if path.is_file():
+                frames.append(pd.read_csv(path).assign(experiment=name, method=method, target=target, seed=seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*KEYS, "seed", "iteration"])
 
 
 def _run_arguments(method: str, target: str, seed: int) -> str:
@@ -311,6 +324,35 @@ def search_curves_figure(logs: pd.DataFrame, palette: dict[str, Any]) -> Figure:
                     label=f"{method} (best so far, mean over seeds)")
         ax.set(title=f"{experiment}, {target}", xlabel="episode", ylabel="search top-1 %")
         ax.legend(fontsize="small", loc="lower right")
+    return figure_
+
+
+def learning_curves_figure(iterations: pd.DataFrame, palette: dict[str, Any]) -> Figure:
+    """Per (experiment, target) row: sampled accuracy (mean, band: std) with best so far and greedy policy; the
+    Lagrange multiplier; the share of repaired episodes; per iteration, one line per method, mean over seeds."""
+    if iterations.empty:
+        return _message_figure("No learning curves: no method run writes search/iterations.csv (gat_ppo does).")
+    panels = list(dict.fromkeys(zip(iterations["experiment"], iterations["target"], strict=True)))
+    figure_ = Figure(figsize=(16, 4.0 * len(panels)), layout="constrained")
+    axes = figure_.subplots(len(panels), 3, squeeze=False)
+    for row, (experiment, target) in zip(axes, panels, strict=True):
+        panel = iterations[(iterations["experiment"] == experiment) & (iterations["target"] == target)]
+        for method, curves in panel.groupby("method", sort=False):
+            mean = curves.groupby("iteration").mean(numeric_only=True)
+            x, color = mean.index.to_numpy(), palette[method]
+            sampled, spread = 100 * mean["sampled_mean"].to_numpy(), 100 * mean["sampled_std"].to_numpy()
+            row[0].plot(x, sampled, color=color, label=f"{method} sampled")
+            row[0].fill_between(x, sampled - spread, sampled + spread, color=color, alpha=0.15, linewidth=0)
+            row[0].plot(x, 100 * mean["best_search_top1"].to_numpy(), color=color, linestyle="--", label="best so far")
+            row[0].plot(x, 100 * mean["greedy_search_top1"].to_numpy(), color=color, linestyle=":", marker=".",
+                        label="greedy policy")
+            row[1].plot(x, mean["multiplier"].to_numpy(), color=color, label=method)
+            row[2].plot(x, 100 * mean["repaired_share"].to_numpy(), color=color, label=method)
+        row[0].set(title=f"{experiment}, {target}", xlabel="iteration", ylabel="search top-1 %")
+        row[1].set(title="Lagrange multiplier", xlabel="iteration")
+        row[2].set(title="episodes repaired %", xlabel="iteration", ylim=(-2, 102))
+        row[0].legend(fontsize="x-small", loc="lower right")
+        row[1].legend(fontsize="x-small")
     return figure_
 
 

@@ -51,8 +51,18 @@ log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ("episode", "iteration", "reward", "search_top1", "cost_ratio", "agent_cost_ratio", "overshoot",
                "repaired_channels", "multiplier", "best_search_top1")
+# One row per iteration: what was sampled, the greedy policy entering the iteration, the constraint, and PPO's
+# own statistics of the update that ended it (as CleanRL logs them).
+ITERATION_COLUMNS = ("iteration", "episodes", "masks_evaluated", "sampled_mean", "sampled_std", "best_search_top1",
+                     "greedy_search_top1", "multiplier", "mean_overshoot", "repaired_share", "reward_mean",
+                     "reward_std", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                     "explained_variance")
 CHECKPOINT_NAME = "agent.pt"
 LOG_NAME = "log.csv"
+ITERATIONS_NAME = "iterations.csv"
+REPAIRS = ("agent", "l1")
+# Where the policy rates channels alike (at the start every keep probability is the same), filter L1 decides.
+L1_TIE_BREAK = 1e-6
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class AgentSettings:
     lagrange_lr: float = 20.0
     lagrange_tolerance: float = 0.01
     lagrange_max: float = 5.0  # a larger multiplier drove the policy to prune everything (measured)
+    repair: str = "agent"  # over-budget episodes drop the channels "agent" (its keep probabilities) or "l1" rates lowest
+    greedy_every: int = 1  # score the greedy policy every this many iterations (a diagnostic: no evaluation spent)
     policy: PolicySettings = field(default_factory=PolicySettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
 
@@ -96,6 +108,10 @@ class AgentSettings:
             raise GraphpruneError("search.methods.gat_ppo: policy.action 'ratio' needs episode 'per_group'")
         if self.episodes_per_iteration % self.num_envs:
             raise GraphpruneError("search.episodes_per_iteration must be a multiple of search.num_envs")
+        if self.repair not in REPAIRS:
+            raise GraphpruneError(f"search.methods.gat_ppo.repair must be one of {', '.join(REPAIRS)}, got {self.repair!r}")
+        if self.greedy_every < 1:
+            raise GraphpruneError("search.methods.gat_ppo.greedy_every must be at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,8 +140,11 @@ class GatPpoSearch:
             sizes, order)
         cost.check_feasible(budget)
 
+        self.l1_scores = [np.asarray(i, dtype=np.float64) for i in importance]
+        self.repair_scores = self.l1_scores  # what repair drops first: the lowest; the agent's from iteration 1
+
         def make_env(evaluate=evaluator) -> PruningEnv:
-            return PruningEnv(self.layout, cost, budget, evaluate, importance, min_channels,
+            return PruningEnv(self.layout, cost, budget, evaluate, self.repair_scores, min_channels,
                               feasibility_wall=settings.feasibility_wall, action=settings.policy.action)
 
         self.make_env = make_env
@@ -146,7 +165,7 @@ class GatPpoSearch:
             observation_space=probe.observation_space, deterministic_eval=True, action_scaling=False,
             action_bound_method=None,
         )
-        self.algorithm = PPO(
+        self.algorithm = MeasuredPPO(
             policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=settings.lr),
             eps_clip=settings.eps_clip, ent_coef=settings.ent_coef, vf_coef=settings.vf_coef,
             gae_lambda=settings.gae_lambda, gamma=settings.gamma, max_grad_norm=settings.max_grad_norm,
@@ -161,6 +180,7 @@ class GatPpoSearch:
                                              max_value=settings.lagrange_max)
         self.iteration = 0
         self.log_rows: list[dict] = []
+        self.iteration_rows: list[dict] = []
         self.best: tuple[float, list[list[int]]] | None = None  # (search accuracy, kept indices)
         self.seconds = 0.0
         self.timing = {"collect": 0.0, "update": 0.0, "env_step": 0.0, "evaluation": 0.0}
@@ -240,13 +260,16 @@ class GatPpoSearch:
 
     def _iterate(self, episodes: int) -> None:
         s = self.settings
+        greedy_top1 = self._look_at_the_policy()
         t0 = time.perf_counter()
+        first_episode = len(self.log_rows)
         with policy_within_training_step(self.algorithm.policy), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*should be larger than self.env_num.*")  # the last, short one
             self.collector.collect(n_episode=episodes, reset_before_collect=True)
             t1 = time.perf_counter()
             overshoots = self._assign_rewards()
             self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size, repeat=s.update_repeats)
+        self._log_iteration(self.log_rows[first_episode:], greedy_top1)
         self.collector.reset_buffer(keep_statistics=False)
         self.encoder.forget_static()
         self.timing["collect"] += t1 - t0
@@ -258,6 +281,35 @@ class GatPpoSearch:
         self.envs.set_env_attr("eval_seconds", 0.0)
         self.multiplier.update(np.asarray(overshoots))
         self.iteration += 1
+
+    def _look_at_the_policy(self) -> float:
+        """Run the greedy policy when due (or when repair needs its keep probabilities): its search accuracy (NaN
+        when not run); with agent repair, the episodes that follow drop the channels it rates lowest."""
+        s = self.settings
+        agent_repair = s.repair == "agent" and s.policy.action == "binary"
+        if not agent_repair and self.iteration % s.greedy_every:
+            return float("nan")
+        _, accuracy, probabilities = self._greedy_episode()
+        if agent_repair:
+            groups = np.split(probabilities, self.layout.offsets[1:])
+            l1_ranks = [np.argsort(np.argsort(scores)) / max(len(scores), 1) for scores in self.l1_scores]
+            self.repair_scores = [p + L1_TIE_BREAK * r for p, r in zip(groups, l1_ranks, strict=True)]
+            self.envs.set_env_attr("importance", self.repair_scores)
+        return accuracy
+
+    def _log_iteration(self, episodes: list[dict], greedy_top1: float) -> None:
+        accuracies = np.asarray([e["search_top1"] for e in episodes])
+        rewards = np.asarray([e["reward"] for e in episodes])
+        self.iteration_rows.append({
+            "iteration": self.iteration, "episodes": len(episodes), "masks_evaluated": self.evaluator.masks_evaluated,
+            "sampled_mean": float(accuracies.mean()), "sampled_std": float(accuracies.std()),
+            "best_search_top1": self.best[0] if self.best else float("nan"), "greedy_search_top1": greedy_top1,
+            "multiplier": self.multiplier.value,
+            "mean_overshoot": float(np.mean([e["overshoot"] for e in episodes])),
+            "repaired_share": float(np.mean([e["repaired_channels"] > 0 for e in episodes])),
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            **self.algorithm.last_stats,
+        })
 
     def _assign_rewards(self) -> list[float]:
         """Write each finished episode's reward onto its terminal transition, in a fixed order.
@@ -298,11 +350,13 @@ class GatPpoSearch:
             "iteration": self.iteration, "algorithm": self.algorithm.state_dict(),
             "reward": self.reward.state_dict(), "multiplier": self.multiplier.value,
             "best": list(self.best) if self.best else None, "log": self.log_rows,
+            "iterations": self.iteration_rows,
             "mask_keys": sorted(self.evaluator.seen), "seconds": self.seconds,
             "timing": dict(self.timing), "rng": _rng_states(),
         }
         atomic_torch_save(state, self._checkpoint_path())
-        atomic_write_text(_csv(self.log_rows), self.out_dir / LOG_NAME)
+        atomic_write_text(_csv(self.log_rows, LOG_COLUMNS), self.out_dir / LOG_NAME)
+        atomic_write_text(_csv(self.iteration_rows, ITERATION_COLUMNS), self.out_dir / ITERATIONS_NAME)
 
     def _resume(self) -> None:
         path = self._checkpoint_path()
@@ -318,6 +372,7 @@ class GatPpoSearch:
         self.multiplier.value = float(state["multiplier"])
         self.best = (float(state["best"][0]), state["best"][1]) if state["best"] else None
         self.iteration, self.log_rows = int(state["iteration"]), list(state["log"])
+        self.iteration_rows = list(state["iterations"])
         self.evaluator.seen.update(state["mask_keys"])
         self.seconds, self.timing = float(state["seconds"]), dict(state["timing"])
         _set_rng_states(state["rng"])
@@ -343,6 +398,36 @@ class GatPpoSearch:
         return SearchResult(mask, accuracy, len(self.log_rows), self.evaluator.masks_evaluated, self.seconds, record)
 
 
+class MeasuredPPO(PPO):
+    """Tianshou's PPO that also measures each update as CleanRL logs it (`last_stats`): mean policy and value
+    loss, and over the whole batch after the update, the entropy, the approximate KL divergence from the
+    policy that collected it ((r - 1) - log r, Schulman's estimator), the fraction of ratios outside the clip
+    range, and the explained variance of the returns by the critic's values before the update."""
+
+    last_stats: dict[str, float] = {}
+
+    def _update_with_batch(self, batch, batch_size, repeat):
+        stats = super()._update_with_batch(batch, batch_size, repeat)
+        with torch.no_grad():
+            log_probs, entropies = [], []
+            for minibatch in batch.split(self.max_batchsize, shuffle=False, merge_last=True):
+                dist = self.policy(minibatch).dist
+                log_probs.append(dist.log_prob(minibatch.act).flatten())
+                entropies.append(dist.entropy().flatten())
+            log_ratio = torch.cat(log_probs) - batch.logp_old
+            ratio = log_ratio.exp()
+            returns, values = torch.as_tensor(batch.returns).flatten(), torch.as_tensor(batch.v_s).flatten()
+            variance = float(returns.var())
+        self.last_stats = {
+            "policy_loss": float(stats.actor_loss.mean), "value_loss": float(stats.vf_loss.mean),
+            "entropy": float(torch.cat(entropies).mean()),
+            "approx_kl": float(((ratio - 1) - log_ratio).mean()),
+            "clip_fraction": float(((ratio - 1).abs() > self.eps_clip).float().mean()),
+            "explained_variance": 1 - float((returns - values).var()) / variance if variance > 0 else float("nan"),
+        }
+        return stats
+
+
 def _rng_states() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": list(random.getstate()[1]),
             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
@@ -361,9 +446,9 @@ def _set_rng_states(state: dict) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
 
 
-def _csv(rows: list[dict]) -> str:
+def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=LOG_COLUMNS)
+    writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
