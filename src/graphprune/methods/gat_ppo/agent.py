@@ -38,6 +38,7 @@ from graphprune.methods.gat_ppo.policy import (
     GraphCritic,
     GraphEncoder,
     IndependentBernoulli,
+    JointBernoulli,
     KeepActor,
     PolicySettings,
     RatioActor,
@@ -55,8 +56,8 @@ LOG_COLUMNS = ("episode", "iteration", "reward", "search_top1", "cost_ratio", "a
 # own statistics of the update that ended it (as CleanRL logs them).
 ITERATION_COLUMNS = ("iteration", "episodes", "masks_evaluated", "sampled_mean", "sampled_std", "best_search_top1",
                      "greedy_search_top1", "multiplier", "mean_overshoot", "repaired_share", "reward_mean",
-                     "reward_std", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
-                     "explained_variance")
+                     "reward_std", "policy_loss", "value_loss", "update_epochs", "entropy", "approx_kl",
+                     "clip_fraction", "explained_variance")
 CHECKPOINT_NAME = "agent.pt"
 LOG_NAME = "log.csv"
 ITERATIONS_NAME = "iterations.csv"
@@ -84,10 +85,11 @@ class AgentSettings:
     gae_lambda: float = 0.95
     gamma: float = 1.0  # episodic, terminal reward only
     update_repeats: int = 8
+    target_kl: float | None = None  # stop an update's epochs once the approximate KL passes this (CleanRL)
     batch_size: int = 64
     max_grad_norm: float = 0.5
     lagrange_lr: float = 20.0
-    lagrange_tolerance: float = 0.01
+    lagrange_tolerance: float = 0.001  # the mean overshoot allowed; 0.01 left most episodes slightly over
     lagrange_max: float = 5.0  # a larger multiplier drove the policy to prune everything (measured)
     repair: str = "agent"  # over-budget episodes drop the channels "agent" (its keep probabilities) or "l1" rates lowest
     greedy_every: int = 1  # score the greedy policy every this many iterations (a diagnostic: no evaluation spent)
@@ -156,12 +158,17 @@ class GatPpoSearch:
         random.seed(seed)
         encoder = GraphEncoder(graph, settings.policy)
         binary = settings.policy.action == "binary"
-        actor = (KeepActor if binary else RatioActor)(encoder, self.layout, budget.ratio, settings.policy.hidden)
+        prior = settings.policy.prior_strength * np.concatenate([_z_scores(np.log(np.maximum(g, 1e-12)))
+                                                                 for g in self.l1_scores])
+        actor = (KeepActor if binary else RatioActor)(encoder, self.layout, budget.ratio, settings.policy.hidden,
+                                                      channel_prior=prior)
         critic = GraphCritic(encoder, settings.policy.hidden)
         probe = make_env()
         self.encoder = encoder
         policy = ProbabilisticActorPolicy(
-            actor=actor, dist_fn=IndependentBernoulli if binary else gaussian_ratio, action_space=probe.action_space,
+            actor=actor, action_space=probe.action_space,
+            dist_fn=(IndependentBernoulli if settings.policy.log_prob == "mean" else JointBernoulli) if binary
+            else gaussian_ratio,
             observation_space=probe.observation_space, deterministic_eval=True, action_scaling=False,
             action_bound_method=None,
         )
@@ -169,7 +176,7 @@ class GatPpoSearch:
             policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=settings.lr),
             eps_clip=settings.eps_clip, ent_coef=settings.ent_coef, vf_coef=settings.vf_coef,
             gae_lambda=settings.gae_lambda, gamma=settings.gamma, max_grad_norm=settings.max_grad_norm,
-            max_batchsize=settings.batch_size,
+            max_batchsize=settings.batch_size, target_kl=settings.target_kl,
         ).to(device)
         steps = len(self.layout.steps)
         # Twice the room one iteration needs, so no sub-buffer ever wraps around.
@@ -322,7 +329,7 @@ class GatPpoSearch:
         for index in terminal:
             info = buffer.info[index]
             accuracy, overshoot = float(info["search_top1"]), float(info["overshoot"])
-            reward = self.reward(accuracy) - self.multiplier.value * overshoot
+            reward = self.reward(accuracy, penalty=self.multiplier.value * overshoot)
             buffer.rew[index] = reward
             overshoots.append(overshoot)
             flags = np.asarray(info["kept_flags"], dtype=bool)
@@ -346,7 +353,7 @@ class GatPpoSearch:
     def _save_checkpoint(self) -> None:
         state = {
             "settings": self.settings.to_dict(), "seed": self.seed, "budget": str(self.budget),
-            "evaluations": self.evaluator.limit,
+            "evaluations": self.evaluator.limit, "threads": torch.get_num_threads(),
             "iteration": self.iteration, "algorithm": self.algorithm.state_dict(),
             "reward": self.reward.state_dict(), "multiplier": self.multiplier.value,
             "best": list(self.best) if self.best else None, "log": self.log_rows,
@@ -366,6 +373,11 @@ class GatPpoSearch:
         if state.get("settings") != self.settings.to_dict() or state.get("seed") != self.seed \
                 or state.get("budget") != str(self.budget) or state.get("evaluations") != self.evaluator.limit:
             log.warning("%s belongs to a search with other settings: starting over", path)
+            return
+        if state.get("threads") != torch.get_num_threads():  # float sums split by thread: other results
+            log.warning("%s was saved by a search with %s torch threads, this one has %d: starting over, as it "
+                        "would not end where either uninterrupted search does", path, state.get("threads"),
+                        torch.get_num_threads())
             return
         self.algorithm.load_state_dict(state["algorithm"])
         self.reward.load_state_dict(state["reward"])
@@ -406,26 +418,47 @@ class MeasuredPPO(PPO):
 
     last_stats: dict[str, float] = {}
 
+    def __init__(self, *, target_kl: float | None = None, **ppo_arguments):
+        super().__init__(**ppo_arguments)
+        self.target_kl = target_kl
+
     def _update_with_batch(self, batch, batch_size, repeat):
-        stats = super()._update_with_batch(batch, batch_size, repeat)
-        with torch.no_grad():
-            log_probs, entropies = [], []
-            for minibatch in batch.split(self.max_batchsize, shuffle=False, merge_last=True):
-                dist = self.policy(minibatch).dist
-                log_probs.append(dist.log_prob(minibatch.act).flatten())
-                entropies.append(dist.entropy().flatten())
-            log_ratio = torch.cat(log_probs) - batch.logp_old
-            ratio = log_ratio.exp()
-            returns, values = torch.as_tensor(batch.returns).flatten(), torch.as_tensor(batch.v_s).flatten()
-            variance = float(returns.var())
-        self.last_stats = {
-            "policy_loss": float(stats.actor_loss.mean), "value_loss": float(stats.vf_loss.mean),
+        """`repeat` epochs over the batch, stopped early once the approximate KL from the collecting policy
+        passes `target_kl` (CleanRL's early stop), then the statistics of the update."""
+        policy_losses, value_losses = [], []
+        while len(policy_losses) < repeat:
+            stats = super()._update_with_batch(batch, batch_size, 1)
+            policy_losses.append(float(stats.actor_loss.mean))
+            value_losses.append(float(stats.vf_loss.mean))
+            if self.target_kl is not None and self._measure(batch)["approx_kl"] > self.target_kl:
+                break
+        self.last_stats = {"policy_loss": float(np.mean(policy_losses)), "value_loss": float(np.mean(value_losses)),
+                           "update_epochs": len(policy_losses), **self._measure(batch)}
+        return stats
+
+    @torch.no_grad()
+    def _measure(self, batch) -> dict[str, float]:
+        log_probs, entropies = [], []
+        for minibatch in batch.split(self.max_batchsize, shuffle=False, merge_last=True):
+            dist = self.policy(minibatch).dist
+            log_probs.append(dist.log_prob(minibatch.act).flatten())
+            entropies.append(dist.entropy().flatten())
+        log_ratio = torch.cat(log_probs) - batch.logp_old
+        ratio = log_ratio.exp()
+        returns, values = torch.as_tensor(batch.returns).flatten(), torch.as_tensor(batch.v_s).flatten()
+        variance = float(returns.var())
+        return {
             "entropy": float(torch.cat(entropies).mean()),
             "approx_kl": float(((ratio - 1) - log_ratio).mean()),
             "clip_fraction": float(((ratio - 1).abs() > self.eps_clip).float().mean()),
             "explained_variance": 1 - float((returns - values).var()) / variance if variance > 0 else float("nan"),
         }
-        return stats
+
+
+def _z_scores(values: np.ndarray) -> np.ndarray:
+    """values standardised to mean 0 and std 1 (all zeros where they are all equal)."""
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
 
 
 def _rng_states() -> dict:

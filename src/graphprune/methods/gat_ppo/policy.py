@@ -21,6 +21,7 @@ from graphprune.methods.gat_ppo.env import BUDGET_FEATURES, EpisodeLayout
 PADDED_LOGIT = -1e4  # not -inf: log-prob and entropy of padded slots must stay finite (Tianshou pitfall 6)
 ENCODERS = ("gat", "mlp")
 ACTIONS = ("binary", "ratio")
+LOG_PROBS = ("mean", "joint")  # of a step's bits, for PPO's ratio: the per-bit mean or the sum (the joint)
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,18 @@ class PolicySettings:
     hidden: int = 32
     heads: int = 2
     layers: int = 2
+    # Keep logits start as prior_strength * (a channel's filter-L1 z-score within its group) around the budget's
+    # bias: first samples already favour strong filters, and the policy learns where to depart from them.
+    prior_strength: float = 2.0
+    log_prob: str = "joint"  # "mean" let a shift of every bit at once through the clip: the policy collapsed
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
+        if self.log_prob not in LOG_PROBS:
+            raise ValueError(f"log_prob must be one of {LOG_PROBS}, got {self.log_prob!r}")
 
 
 class IndependentBernoulli(torch.distributions.Independent):
@@ -60,6 +67,17 @@ class IndependentBernoulli(torch.distributions.Independent):
     @property
     def mode(self) -> Tensor:
         return (self.base_dist.logits > 0).float()
+
+
+class JointBernoulli(IndependentBernoulli):
+    """The same bits with the plain joint log-probability and entropy (sums over the step's bits): PPO's clip
+    then bounds how far the whole step's decision may move, e.g. a shift of every bit at once."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.base_dist.log_prob(value).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return self.base_dist.entropy().sum(-1)
 
 
 class GraphEncoder(nn.Module):
@@ -138,7 +156,10 @@ class GraphEncoder(nn.Module):
             joined = torch.cat([static[None].expand(dynamic.shape[0], -1, -1), dynamic], dim=-1)
         else:
             picked = torch.gather(dynamic, 1, nodes[..., None].expand(-1, -1, dynamic.shape[-1]))  # [B, W, D']
-            joined = torch.cat([static[nodes], picked], dim=-1)
+            # index_select, not static[nodes]: the latter's backward (index_put_ with accumulate) adds in a
+            # thread-timing-dependent order on CPU with more than one thread, so searches were not reproducible.
+            chosen = static.index_select(0, nodes.reshape(-1)).reshape(*nodes.shape, -1)  # [B, W, H]
+            joined = torch.cat([chosen, picked], dim=-1)
         return self.combine(joined), budget
 
     def state_views(self, obs) -> tuple[Tensor, Tensor]:
@@ -175,9 +196,12 @@ class _StepActor(nn.Module):
     """Finds the channel nodes the current step decides (slot_nodes [T, W]: node ids, -1 = padding); `head`
     maps an embedding + budget features to one number, starting at logit(sqrt(budget))."""
 
-    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int):
+    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int,
+                 channel_prior: np.ndarray | None = None):
         super().__init__()
         self.encoder = encoder
+        prior = np.zeros(layout.num_channels) if channel_prior is None else np.asarray(channel_prior, dtype=np.float32)
+        self.register_buffer("channel_prior", torch.as_tensor(prior, dtype=torch.float32), persistent=False)  # [C]
         self.head = nn.Sequential(nn.Linear(hidden + len(BUDGET_FEATURES), hidden), nn.ELU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.constant_(self.head[-1].bias, _logit_of_sqrt(budget_ratio))
@@ -187,11 +211,15 @@ class _StepActor(nn.Module):
             slots[t, : len(nodes)] = nodes
         self.register_buffer("slot_nodes", torch.as_tensor(slots))
 
-    def step_embeddings(self, obs) -> tuple[Tensor, Tensor, Tensor]:
-        """(embeddings [B, W, H] of the step's channels, valid [B, W], budget [B, K])."""
+    def step_nodes(self, obs) -> Tensor:
+        """[B, W]: the channel node ids the current step decides (-1: padding)."""
         step = torch.as_tensor(obs.step, device=self.slot_nodes.device).long().reshape(-1)
         step = step.clamp(max=self.slot_nodes.shape[0] - 1)  # the terminal observation is never acted on
-        nodes = self.slot_nodes[step]  # [B, W]
+        return self.slot_nodes[step]
+
+    def step_embeddings(self, obs) -> tuple[Tensor, Tensor, Tensor]:
+        """(embeddings [B, W, H] of the step's channels, valid [B, W], budget [B, K])."""
+        nodes = self.step_nodes(obs)  # [B, W]
         chosen, budget = self.encoder(obs, nodes.clamp(min=0))
         return chosen, nodes >= 0, budget
 
@@ -204,12 +232,28 @@ def _logit_of_sqrt(budget_ratio: float) -> float:
 
 
 class KeepActor(_StepActor):
-    """Keep logits of the channels decided at the current step: forward(obs) -> (logits [B, W], state)."""
+    """Keep logits of the channels decided at the current step: forward(obs) -> (logits [B, W], state).
+
+    logit = head(channel embedding, budget) + group_head(mean embedding of the step's channels, budget) + prior:
+    the group term moves every bit of a group together, so how much of a group to keep (where most of the
+    accuracy lies) gets the summed signal of all its bits instead of each bit's own.
+    """
+
+    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int,
+                 channel_prior: np.ndarray | None = None):
+        super().__init__(encoder, layout, budget_ratio, hidden, channel_prior)
+        self.group_head = nn.Sequential(nn.Linear(hidden + len(BUDGET_FEATURES), hidden), nn.ELU(),
+                                        nn.Linear(hidden, 1))
+        nn.init.zeros_(self.group_head[-1].weight)
+        nn.init.zeros_(self.group_head[-1].bias)
 
     def forward(self, obs, state=None, info=None) -> tuple[Tensor, None]:
         chosen, valid, budget = self.step_embeddings(obs)  # [B, W, H], [B, W], [B, K]
         features = torch.cat([chosen, budget[:, None, :].expand(-1, chosen.shape[1], -1)], dim=-1)
-        logits = self.head(features).squeeze(-1)  # [B, W]
+        weights = valid.float()[..., None]
+        pooled = (chosen * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
+        group = self.group_head(torch.cat([pooled, budget], dim=-1))  # [B, 1]
+        logits = self.head(features).squeeze(-1) + group + self.channel_prior[self.step_nodes(obs).clamp(min=0)]
         return logits.masked_fill(~valid, PADDED_LOGIT), state
 
 
@@ -220,8 +264,9 @@ class RatioActor(_StepActor):
     and keeps that fraction of the group's most important channels. Same encoder, same training loop.
     """
 
-    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int):
-        super().__init__(encoder, layout, budget_ratio, hidden)
+    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int,
+                 channel_prior: np.ndarray | None = None):
+        super().__init__(encoder, layout, budget_ratio, hidden)  # the ratio action keeps the top-L1 channels
         self.log_std = nn.Parameter(torch.full((1,), math.log(0.15)))
 
     def forward(self, obs, state=None, info=None) -> tuple[tuple[Tensor, Tensor], None]:

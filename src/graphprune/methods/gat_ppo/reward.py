@@ -45,9 +45,11 @@ class SelfCompetitionReward:
         self.recent: deque[float] = deque(maxlen=settings.window)
         self.best = float("-inf")
 
-    def __call__(self, accuracy: float) -> float:
-        """Reward of one finished (repaired, hence feasible) episode; then record it."""
-        reward = self._score(accuracy)
+    def __call__(self, accuracy: float, penalty: float = 0.0) -> float:
+        """Reward of one finished (repaired, hence feasible) episode whose accuracy counts `penalty` lower (the
+        Lagrangian cost of its budget overshoot, in accuracy units: consistent with every reward kind); then
+        record its accuracy."""
+        reward = self._score(accuracy - penalty)
         self.recent.append(accuracy)
         self.best = max(self.best, accuracy)
         return reward
@@ -79,8 +81,9 @@ class LagrangeMultiplier:
     """Dual ascent on the budget constraint E[overshoot] <= tolerance (PPO-Lagrangian).
 
     overshoot = max(0, cost ratio of the agent's own mask - budget ratio), measured on the agent's bits before
-    the feasibility wall and repair; the penalty `value * overshoot` is subtracted from the episode's reward,
-    so the agent learns to meet the budget itself instead of leaving the cuts to the wall.
+    the feasibility wall and repair; the episode's accuracy counts `value * overshoot` lower in its reward (so
+    `value` is accuracy points per point of overshoot, whatever the reward kind), and the agent learns to meet
+    the budget itself instead of leaving the cuts to the wall or repair.
     """
 
     value: float = 0.0
