@@ -5,8 +5,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint clean
 
+# The pipeline, then the HTML report of its figures and tables (results/report.html).
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores all
+	$(VENV)/bin/snakemake --report results/report.html
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
