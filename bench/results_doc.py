@@ -28,7 +28,10 @@ SOURCES = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/RESULTS.md")
+    parser.add_argument("--configs", nargs="+", default=[path for path, _ in SOURCES],
+                        help="which of the configs' tables to copy (default: all)")
     args = parser.parse_args()
+    commands = dict(SOURCES)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             check=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
@@ -38,7 +41,9 @@ def main() -> None:
              f" on {machine_summary()}, and copied here by `bench/results_doc.py`. Each table's command is above it;"
              " accuracies in percent, mean ± std over the n seeds; bold: the best per target, * where its lead "
              "over the runner-up is larger than seed noise (Welch's t-test, p < 0.05).", ""]
-    for config_path, command in SOURCES:
+    for config_path in args.configs:
+        command = commands.get(config_path, f"snakemake --cores all --configfile {config_path} "
+                                            "--replace-workflow-config")
         config = load_config(config_path)
         summary = Path(summary_md(config.results_dir))
         if not summary.is_file():
