@@ -1,4 +1,5 @@
 # Shared by every rule file: config validation (the package's schema), result paths, wildcard constraints.
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ GRAPHPRUNE = shutil.which("graphprune", path=str(Path(sys.executable).parent)) o
 
 # Jobs that train or score networks declare a `gpu` resource only where a GPU may be used: the profile runs one
 # such job at a time there, while a CPU-only machine runs them side by side with `threads` torch threads each.
+# Pretraining is one job that may use the whole machine: a local run caps it at --cores. Not `workflow.cores`,
+# which raises under the SLURM executor (no --cores there; the profile's set-threads decides).
+ALL_CORES = os.cpu_count() or 1
 GPU_JOBS = {"cuda": 1, "cpu": 0}.get(GRAPHPRUNE_CONFIG.device, int(shutil.which("nvidia-smi") is not None))
 
 

@@ -12,7 +12,7 @@ rule pretrain:
         RESULTS.log("pretrain"),
     benchmark:
         RESULTS.benchmark("pretrain")
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=GPU_JOBS,
         mem_mb=8000,
