@@ -1,6 +1,7 @@
 """Shared fixtures: tiny experiments on fake data, so pipeline-shaped tests run in seconds."""
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,16 @@ def config_with(tmp_path: Path):
 def tiny_config(tmp_path: Path) -> Path:
     """A config file with one experiment, `tiny`, writing its results under tmp_path/results."""
     return write_config(tmp_path, {"tiny": TINY_EXPERIMENT})
+
+
+@pytest.fixture(scope="session")
+def debian_fashion_mnist():
+    """Skip without the files of Debian's dataset-fashion-mnist, except under CI, which must not skip silently."""
+    from graphprune.data import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_FILES
+
+    absent = [name for name in FASHION_MNIST_FILES if not (FASHION_MNIST_DEBIAN_DIR / f"{name}.gz").is_file()]
+    if absent:
+        reason = f"{FASHION_MNIST_DEBIAN_DIR} lacks {absent}: apt-get install dataset-fashion-mnist"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: the test must run, not skip)")
+        pytest.skip(reason)

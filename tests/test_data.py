@@ -1,6 +1,5 @@
 import dataclasses
 import gzip
-import os
 import pickle
 import shutil
 
@@ -118,19 +117,8 @@ FASHION_MNIST_BYTES = {"train-images-idx3-ubyte": 47_040_016, "train-labels-idx1
                        "t10k-images-idx3-ubyte": 7_840_016, "t10k-labels-idx1-ubyte": 10_008}
 
 
-def require_debian_fashion_mnist():
-    """Skip without the Debian package's files, except under CI, which must not skip silently."""
-    absent = [name for name in FASHION_MNIST_FILES if not (FASHION_MNIST_DEBIAN_DIR / f"{name}.gz").is_file()]
-    if absent:
-        reason = f"{FASHION_MNIST_DEBIAN_DIR} lacks {absent}: apt-get install dataset-fashion-mnist"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: the test must run, not skip)")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
-def fashion_root(tmp_path_factory):
-    require_debian_fashion_mnist()
+def fashion_root(tmp_path_factory, debian_fashion_mnist):
     return tmp_path_factory.mktemp("data")
 
 

@@ -195,10 +195,11 @@ def test_reward_state_round_trip():
 
 
 def test_lagrange_multiplier_dual_ascent():
-    multiplier = LagrangeMultiplier(lr=10.0, tolerance=0.01)
+    multiplier = LagrangeMultiplier(lr=10.0, tolerance=0.01, max_value=5.0)
     assert multiplier.update(np.array([0.11, 0.11])) == pytest.approx(1.0)  # over budget: rises
     assert multiplier.update(np.array([0.0, 0.0])) == pytest.approx(0.9)  # within budget: falls
-    assert LagrangeMultiplier(lr=1.0, tolerance=0.5).update(np.array([0.0])) == 0.0  # never negative
+    assert LagrangeMultiplier(lr=1.0, tolerance=0.5, max_value=5.0).update(np.array([0.0])) == 0.0  # never negative
+    assert LagrangeMultiplier(lr=100.0, tolerance=0.0, max_value=5.0).update(np.array([1.0])) == 5.0  # capped
 
 
 def small_settings(**overrides) -> AgentSettings:

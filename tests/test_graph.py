@@ -211,25 +211,14 @@ def test_channel_features_match_the_weights():
     assert (x[graph.num_channel_nodes:, [column[n] for n in CHANNEL_FEATURES]] == 0).all()
 
 
-def test_set_dynamic_changes_only_dynamic_columns():
+def test_state_columns_hold_the_state_before_any_decision():
     _, _, _, graph = built(RESNET20)
-    before = graph.data.x.clone()
-    c = graph.num_channel_nodes
-    decided = torch.arange(c) % 3 == 0
-    kept = torch.arange(c) % 2 == 0
-    graph.set_dynamic(decided, kept, budget_left=0.25)
-    after = graph.data.x
-    static = [i for i, name in enumerate(FEATURE_NAMES) if name not in DYNAMIC_FEATURES]
+    x, c = graph.data.x, graph.num_channel_nodes
     assert graph.dynamic_columns == slice(len(FEATURE_NAMES) - 3, len(FEATURE_NAMES))
-    assert torch.equal(after[:, static], before[:, static])
-    assert torch.equal(after[:c, FEATURE_NAMES.index("decided")], decided.float())
-    assert torch.equal(after[:c, FEATURE_NAMES.index("kept")], kept.float())
-    assert (after[c:, FEATURE_NAMES.index("decided")] == 0).all()
-    assert (after[:, FEATURE_NAMES.index("budget_left")] == 0.25).all()
-    with pytest.raises(ValueError, match="shape"):
-        graph.set_dynamic(decided[:-1], kept, 0.0)
-    graph.set_dynamic(torch.zeros(c, dtype=torch.bool), torch.ones(c, dtype=torch.bool), 0.0)
-    assert torch.equal(graph.data.x, before)
+    assert [FEATURE_NAMES[i] for i in range(len(FEATURE_NAMES))[graph.dynamic_columns]] == list(DYNAMIC_FEATURES)
+    assert (x[:, FEATURE_NAMES.index("decided")] == 0).all()
+    assert (x[:c, FEATURE_NAMES.index("kept")] == 1).all() and (x[c:, FEATURE_NAMES.index("kept")] == 0).all()
+    assert (x[:, FEATURE_NAMES.index("budget_left")] == 0).all()
 
 
 def test_save_load_round_trip(tmp_path):

@@ -55,10 +55,16 @@ def test_prune_takes_the_architecture_from_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--method", "global_bn", "--target", "flops0.001"], "budget flops0.001 is impossible.*at least 0.00"),
-    (["--method", "random_search", "--target", "flops0.5"], "random_search .* needs a search evaluator"),
+    (["--method", "random_search", "--target", "flops0.5"], "random_search scores masks on held-out images.*--data"),
     (["--method", "magic", "--target", "flops0.5"], "unknown pruning method 'magic'"),
     (["--method", "l1_uniform", "--target", "flops50"], "malformed budget target"),
     (["--method", "l1_uniform", "--target", "flops0.5", "--dataset-shape", "1,8,9"], "square inputs"),
+    (["--method", "l1_uniform", "--target", "flops0.5", "--data", "mnist"], "--data mnist: name: 'mnist' is not one"),
+    (["--method", "l1_uniform", "--target", "flops0.5", "--data", "imagefolder:/no/such/dir"], "does not exist"),
+    (["--method", "l1_uniform", "--target", "flops0.5", "--finetune-epochs", "1"], "--finetune-epochs needs --data"),
+    (["--method", "amc", "--target", "flops0.5", "--settings", "[1]"], "--settings must be a JSON object"),
+    (["--method", "amc", "--target", "flops0.5", "--settings", '{"warp": 1}', "--data", "digits"],
+     "unknown setting.*warp"),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "out"
@@ -75,3 +81,33 @@ def test_flags_contradicting_the_checkpoint_are_refused(tmp_path, capsys):
     assert run_prune("--checkpoint", str(tmp_path / "baseline.pt"), "--input-size", "32", "--method", "random",
                      "--target", "flops0.5", "--out", str(tmp_path / "out")) == 2
     assert "input_size=32 (checkpoint: 8)" in capsys.readouterr().err
+
+
+def test_search_method_on_a_named_dataset(tmp_path):
+    out = tmp_path / "out"
+    assert run_prune("--model", "resnet20", "--data", "digits", "--method", "random_search", "--target", "flops0.5",
+                     "--evaluations", "4", "--search-images", "64", "--out", str(out), *FAST_LATENCY) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["masks_evaluated"] == 4 and metrics["flops_ratio"] <= 0.5
+    assert 0 <= metrics["search_top1"] <= 1 and metrics["model"] == "resnet20"
+    assert load_pruned(out / "model.pt").spec == ModelSpec("resnet20", num_classes=10, in_channels=1, input_size=8)
+
+
+def test_image_folder_with_fine_tuning(tmp_path):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in range(2):  # dark and bright images: two classes a network can tell apart
+        (tmp_path / "images" / f"class{label}").mkdir(parents=True)
+        for i in range(12):
+            pixels = (torch.rand(10, 10, 3, generator=generator) * 100 + 150 * label).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "images" / f"class{label}" / f"{i}.png")
+    out = tmp_path / "out"
+    assert run_prune("--model", "resnet20", "--input-size", "8", "--num-classes", "2",
+                     "--data", f"imagefolder:{tmp_path / 'images'}", "--search-size", "6",
+                     "--method", "l1_ratio_search", "--evaluations", "3", "--target", "params0.5",
+                     "--finetune-epochs", "1", "--out", str(out), *FAST_LATENCY) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["masks_evaluated"] == 3 and metrics["params_ratio"] <= 0.5
+    assert metrics["search_top1_finetuned"] is not None
+    assert (out / "finetune" / "history.csv").is_file()

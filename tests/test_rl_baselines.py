@@ -1,4 +1,4 @@
-"""The RL baselines `gnnrl` (GNN-RL) and `amc` (AMC): feasible masks, the states and actions METHOD.md section 3
+"""The RL baselines `gnnrl` (GNN-RL) and `amc` (AMC): feasible masks, the states and actions docs/BASELINES.md
 describes, the feasibility wall, the reward definitions, and reproducible seeds. ResNet-20 at 1x8x8 with random
 weights and a toy evaluator (a deterministic function of the mask), a few episodes each."""
 
@@ -12,27 +12,26 @@ from torch import nn
 
 from graphprune.cost import CostModel, parse_target
 from graphprune.errors import GraphpruneError
-from graphprune.graph import trace_layers
+from graphprune.graph import topological_group_order, trace_layers
 from graphprune.methods import MethodContext, available_methods, get_method
 from graphprune.methods.amc import (
     STATE_FEATURES,
     STATIC_FEATURES,
     AmcSettings,
     LayerwiseEnv,
-    network_order,
     static_group_features,
     truncated_normal,
 )
 from graphprune.methods.gnnrl import (
     GnnRlSettings,
+    GroupRatiosActor,
     MultiStageEncoder,
-    RatioActor,
     RatioEnv,
     build_hierarchy,
     fixed_std_gaussian,
 )
 from graphprune.methods.heuristics import filter_l1_scores, filter_l2_scores
-from graphprune.methods.ratio_search import ScoredMasks, seeded_global_rngs
+from graphprune.methods.rl_common import ScoredMasks, seeded_global_rngs
 from graphprune.models import ModelSpec, build_model
 from graphprune.pruning import ChannelGroups, Mask
 
@@ -163,7 +162,7 @@ def test_gnnrl_policy_is_a_fixed_std_gaussian_with_one_ratio_per_group():
     settings = GnnRlSettings()
     hierarchy = build_hierarchy(ctx.model, ctx.groups)
     num_groups = len(ctx.groups)
-    actor = RatioActor(MultiStageEncoder(hierarchy, settings.hidden, settings.embedding), settings)
+    actor = GroupRatiosActor(MultiStageEncoder(hierarchy, settings.hidden, settings.embedding), settings)
     obs = np.concatenate([np.random.default_rng(0).uniform(0.1, 1, (4, num_groups)), np.full((4, 1), 0.2)], axis=1)
     (mean, std), _ = actor(obs)
     assert mean.shape == std.shape == (4, num_groups)
@@ -227,7 +226,7 @@ def test_l2_filter_scores_are_the_norm_of_the_root_filters_for_a_plain_group():
 def amc_env(target: str, **settings) -> tuple[LayerwiseEnv, list[int]]:
     ctx = context()
     budget = parse_target(target)
-    order = network_order(ctx.model, ctx.groups)
+    order = topological_group_order(ctx.groups.roots, trace_layers(ctx.model, SPEC.input_shape).names)
     static = static_group_features(ctx.model, ctx.groups, ctx.cost, budget.metric, order)
     masks = ScoredMasks(ctx.cost, budget, filter_l1_scores(ctx.model, ctx.groups), toy_accuracy)
     return LayerwiseEnv(static, order, ctx.cost, budget, masks, AmcSettings(**settings)), order

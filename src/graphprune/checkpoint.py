@@ -1,57 +1,31 @@
-"""Atomic writes of result files and safe loading of checkpoints.
+"""Atomic writes of torch files and safe loading of checkpoints.
 
-Every artifact is written to a temporary file in its own folder and moved into place with `os.replace`, so a
-killed job never leaves a half-written file that looks complete. Checkpoints are plain dicts of tensors and
-numbers loaded with `weights_only=True`; this module never pickles or unpickles modules.
+Every artifact is written to a temporary file in its own folder and moved into place with `os.replace`
+(`graphprune.atomic`, which also writes text and JSON), so a killed job never leaves a half-written file that
+looks complete. Checkpoints are plain dicts of tensors and numbers loaded with `weights_only=True`; this
+module never pickles or unpickles modules.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+# The torch-free writers live in graphprune.atomic; they are re-exported here for existing imports.
+from graphprune.atomic import atomic_write as _atomic_write
+from graphprune.atomic import atomic_write_json as atomic_write_json
+from graphprune.atomic import atomic_write_text as atomic_write_text
 from graphprune.errors import GraphpruneError
 from graphprune.models import ModelSpec, build_model
-
-# mkstemp creates files readable by the owner only; results should get the usual umask-based mode.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(temp_name, 0o666 & ~_UMASK)
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _atomic_write(path, lambda stream: torch.save(obj, stream))
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    _atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
-
-
-def atomic_write_json(data: Any, path: str | Path) -> None:
-    atomic_write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

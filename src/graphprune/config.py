@@ -3,7 +3,7 @@
 The JSON schema next to this file (`config.schema.yaml`, also used by Snakemake's `validate`) is the one
 source of truth for keys, types and defaults: validation fills the defaults in, so the dataclasses built
 here take complete sections and define no defaults of their own. Configuration errors become one
-GraphpruneError naming the key path. This module does not load data or build models.
+GraphpruneError naming the key path. This module does not load data or build models, and imports no torch.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
-from graphprune.checkpoint import atomic_write_text
-from graphprune.data import DatasetInfo, DatasetSettings, dataset_info
+# Only torch-free modules: Snakemake imports this module to read the config (tests/test_imports.py).
+from graphprune.atomic import atomic_write_text
+from graphprune.datasets import DatasetInfo, DatasetSettings, dataset_info
 from graphprune.errors import GraphpruneError
-from graphprune.models import ModelSpec
+from graphprune.method_index import available_methods
+from graphprune.model_spec import ModelSpec
 from graphprune.paths import ResultPaths
-from graphprune.train import TrainRecipe
+from graphprune.recipe import TrainRecipe
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 # Settings that say where data lives, not what it is: moving a dataset must not invalidate results.
@@ -156,6 +158,11 @@ def dataset_settings(raw: Mapping[str, Any], source: str = "dataset") -> Dataset
     return DatasetSettings(**validate(raw, "#/$defs/dataset", source))
 
 
+def search_settings(raw: Mapping[str, Any], source: str = "search") -> dict[str, Any]:
+    """A `search` section (possibly partial) with the schema defaults filled in, as a plain mapping."""
+    return validate(raw, "#/$defs/search", source)
+
+
 def validate(data: Any, definition: str, source: str) -> Any:
     """Check `data` against the schema part `definition` ("#" for a whole config); return a copy with
     the defaults filled in. The most relevant error is raised as a GraphpruneError."""
@@ -213,8 +220,6 @@ def _check_methods(experiment: str, methods: list[str], settings: Mapping[str, A
                    variants: Mapping[str, Variant]) -> None:
     """Method names must be in the registry (one source of truth, so the schema does not repeat the list) or
     name a variant of a registered method; a variant may not shadow a registered name."""
-    from graphprune.methods.base import available_methods
-
     known = available_methods()
     where_prefix = f"experiments.{experiment}"
     for variant, spec in variants.items():

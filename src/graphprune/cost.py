@@ -20,7 +20,9 @@ from torch import nn
 from torch_pruning.utils import op_counter
 
 from graphprune.errors import GraphpruneError
+from graphprune.evaluate import evaluation_mode
 from graphprune.pruning import ChannelGroups, Mask
+from graphprune.root_channels import member_channels
 
 METRICS = ("flops", "params")
 
@@ -220,8 +222,7 @@ def _trace_layer_calls(model: nn.Module, groups: ChannelGroups) -> list[_LayerCa
     for group in groups.groups:
         for member in group.members:
             if member.kind == "out":
-                idx = torch.tensor([i for per_root in member.channels for i in per_root], dtype=torch.long)
-                marks.setdefault(member.module, []).append((group.index, idx))
+                marks.setdefault(member.module, []).append((group.index, member_channels(member)[0]))
 
     sample_of_group: dict[int, int] = {}
     pending_inputs: dict[str, list] = {name: [] for name in recorded}
@@ -273,10 +274,8 @@ def _trace_layer_calls(model: nn.Module, groups: ChannelGroups) -> list[_LayerCa
     device = param.device if param is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     traced: list[_LayerCall] = []
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluation_mode(model), torch.no_grad():
             for batch in group_batches or [[]]:  # a model without prunable groups still needs its shapes
                 sample_of_group.clear()
                 sample_of_group.update({g: sample for sample, g in enumerate(batch)})
@@ -296,7 +295,6 @@ def _trace_layer_calls(model: nn.Module, groups: ChannelGroups) -> list[_LayerCa
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return traced
 
 
@@ -475,25 +473,18 @@ def measure_latency(
         synchronize()
         return time.perf_counter() - start
 
-    modes = (model.training, reference.training)
     results: dict[int, dict[str, float]] = {}
-    try:
-        model.eval()
-        reference.eval()
-        with torch.no_grad():
-            for batch in batch_sizes:
-                x = torch.randn(batch, *input_shape, device=device)
-                for _ in range(warmup):
-                    seconds(model, x)
-                    seconds(reference, x)
-                times: dict[str, list[float]] = {"model": [], "reference": []}
-                for repeat in range(repeats):
-                    order = (("model", model), ("reference", reference))
-                    for label, net in order if repeat % 2 == 0 else order[::-1]:
-                        times[label].append(seconds(net, x))
-                model_s, reference_s = statistics.median(times["model"]), statistics.median(times["reference"])
-                results[batch] = {"model_s": model_s, "reference_s": reference_s, "ratio": model_s / reference_s}
-    finally:
-        model.train(modes[0])
-        reference.train(modes[1])
+    with evaluation_mode(model, reference), torch.no_grad():
+        for batch in batch_sizes:
+            x = torch.randn(batch, *input_shape, device=device)
+            for _ in range(warmup):
+                seconds(model, x)
+                seconds(reference, x)
+            times: dict[str, list[float]] = {"model": [], "reference": []}
+            for repeat in range(repeats):
+                order = (("model", model), ("reference", reference))
+                for label, net in order if repeat % 2 == 0 else order[::-1]:
+                    times[label].append(seconds(net, x))
+            model_s, reference_s = statistics.median(times["model"]), statistics.median(times["reference"])
+            results[batch] = {"model_s": model_s, "reference_s": reference_s, "ratio": model_s / reference_s}
     return results

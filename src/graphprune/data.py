@@ -23,6 +23,12 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms as T
 
+# The plain-data part (names, settings, shapes) lives in graphprune.datasets, without torch; re-exported here.
+from graphprune.datasets import KNOWN_DATASETS as KNOWN_DATASETS
+from graphprune.datasets import DatasetInfo as DatasetInfo
+from graphprune.datasets import DatasetSettings as DatasetSettings
+from graphprune.datasets import check_known_dataset
+from graphprune.datasets import dataset_info as dataset_info
 from graphprune.errors import GraphpruneError
 
 # The digits test split is fixed across settings so that every experiment reports on the same images.
@@ -45,40 +51,6 @@ FASHION_MNIST_FILES = (
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about its data."""
-
-    name: str
-    num_classes: int
-    in_channels: int
-    input_size: int
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.input_size, self.input_size)
-
-
-@dataclass(frozen=True)
-class DatasetSettings:
-    """The `dataset` section of an experiment (defaults come from the config schema).
-
-    search_size: a fraction of the training data if below 1, else a number of images.
-    num_classes: overrides the class count of `imagenet` (e.g. a 100-class subset) and sets it for `fake`.
-    num_samples, in_channels, input_size: the shape of `fake` data; ignored by real datasets.
-    """
-
-    name: str
-    root: str
-    download: bool
-    search_size: float
-    split_seed: int
-    num_classes: int | None
-    num_samples: int
-    in_channels: int
-    input_size: int
-
-
-@dataclass(frozen=True)
 class Splits:
     """Three disjoint datasets yielding `(image [C, H, W] float, label int)`, and what they hold."""
 
@@ -88,29 +60,9 @@ class Splits:
     info: DatasetInfo
 
 
-_FIXED_INFO = {
-    "digits": (10, 1, 8),
-    "cifar10": (10, 3, 32),
-    "cifar100": (100, 3, 32),
-    "imagenet": (1000, 3, 224),
-    "fashion_mnist": (10, 1, 28),
-}
-
-
-def dataset_info(settings: DatasetSettings) -> DatasetInfo:
-    """Classes, channels and input size of a dataset, known without loading it."""
-    _check_known(settings.name)
-    if settings.name == "fake":
-        return DatasetInfo("fake", settings.num_classes or 10, settings.in_channels, settings.input_size)
-    num_classes, in_channels, input_size = _FIXED_INFO[settings.name]
-    if settings.name == "imagenet" and settings.num_classes:
-        num_classes = settings.num_classes
-    return DatasetInfo(settings.name, num_classes, in_channels, input_size)
-
-
 def load_splits(settings: DatasetSettings) -> Splits:
     """Load a dataset and split it; missing files raise a GraphpruneError that says how to get them."""
-    _check_known(settings.name)
+    check_known_dataset(settings.name)
     return _LOADERS[settings.name](settings, dataset_info(settings))
 
 
@@ -206,11 +158,6 @@ class PadCropFlip:
         return image.flip(-1) if torch.rand(1) < 0.5 else image
 
 
-def _check_known(name: str) -> None:
-    if name not in _LOADERS:
-        raise GraphpruneError(f"unknown dataset '{name}'; known datasets: {', '.join(_LOADERS)}")
-
-
 def digits_split_indices(num_images: int, settings: DatasetSettings) -> tuple[list[int], list[int], list[int]]:
     """(train, search, test) indices into the digits images; the test part never changes."""
     pool, test = hold_out(num_images, round(DIGITS_TEST_FRACTION * num_images), DIGITS_TEST_SEED)
@@ -280,6 +227,27 @@ def _imagenet(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     evaluate = T.Compose([T.Resize(256), T.CenterCrop(224), *normalize])
     test_images = torchvision.datasets.ImageFolder(root / "val", transform=evaluate)
     return _split_train_pool(train_pool, test_images, augment, evaluate, settings, info)
+
+
+def image_folder(root: str | Path, in_channels: int, input_size: int) -> Dataset:
+    """A user's images in torchvision's ImageFolder layout (root/<class>/<image>), resized (shorter side) and
+    centre-cropped to `input_size`, as RGB or grayscale (`in_channels` 3 or 1), normalised with ImageNet's
+    statistics (RGB) or to [-1, 1] (grayscale): the usual inputs of torchvision classifiers."""
+    root = Path(root)
+    if not root.is_dir():
+        raise GraphpruneError(f"image folder {root} does not exist (expected {root}/<class>/<image files>)")
+    if in_channels not in (1, 3):
+        raise GraphpruneError(f"image folders give 1 (grayscale) or 3 (RGB) channels, not {in_channels}")
+    # ImageFolder's loader already converts every image to RGB.
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.5,), (0.5,))
+    transform = T.Compose([
+        *([T.Grayscale(1)] if in_channels == 1 else []),
+        T.Resize(input_size), T.CenterCrop(input_size), T.ToTensor(), T.Normalize(mean, std),
+    ])
+    try:
+        return torchvision.datasets.ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:  # no class folders, or no images in them
+        raise GraphpruneError(f"cannot read images from {root}: {exc}") from exc
 
 
 def prepare_fashion_mnist(root: str | Path) -> Path:
@@ -394,4 +362,3 @@ _LOADERS: dict[str, Callable[[DatasetSettings, DatasetInfo], Splits]] = {
     "fashion_mnist": _fashion_mnist,
     "fake": _fake,
 }
-KNOWN_DATASETS = tuple(_LOADERS)

@@ -2,12 +2,14 @@
 batch-norm recalibration (search scoring and fine-tuning both give a pruned network fresh BN statistics).
 
 `evaluate` only measures: no gradients, no parameter changes; the model's train/eval mode is restored
-afterwards. `recalibrate_batch_norm` changes BN running statistics and nothing else.
+afterwards (`evaluation_mode`, which every module that runs a model for measurement uses).
+`recalibrate_batch_norm` changes BN running statistics and nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import TypedDict
 
 import torch
@@ -25,13 +27,25 @@ class EvalMetrics(TypedDict):
     loss: float
 
 
+@contextlib.contextmanager
+def evaluation_mode(*models: nn.Module) -> Iterator[None]:
+    """Switch `models` to eval mode for the block; afterwards (also on an error) each gets back its own
+    train/eval mode with `model.train(mode)`, which sets every submodule to it."""
+    modes = [model.training for model in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+
+
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str) -> EvalMetrics:
     """Evaluate `model` on batches `(images [B, C, H, W], labels [B])` from `loader`."""
-    was_training = model.training
-    model.eval()
     correct_top1 = correct_topk = 0
     loss_sum, count = 0.0, 0
-    with torch.inference_mode():
+    with evaluation_mode(model), torch.inference_mode():
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             logits = model(images)  # [B, classes]
@@ -42,7 +56,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str) -
             correct_top1 += hits[:, 0].sum().item()
             correct_topk += hits.any(dim=1).sum().item()
             count += labels.numel()
-    model.train(was_training)
     if count == 0:
         raise ValueError("cannot evaluate on an empty data split")
     return EvalMetrics(top1=correct_top1 / count, top5=correct_topk / count, loss=loss_sum / count)

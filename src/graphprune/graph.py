@@ -1,12 +1,13 @@
-"""The network as a torch-geometric graph: the pruning agent's observation (METHOD.md section 2).
+"""The network as a torch-geometric graph: the pruning agent's observation (docs/GRAPH.md).
 
 Nodes: first one *channel node* per channel of every prunable group (the decision units, groups in order,
 root-channel order inside a group), then one *layer node* per layer or traced operation of the network (the
 nodes of Torch-Pruning's DependencyGraph, in topological order). Edges: data flow between layers, weight-slice
 strength between channels of consecutive layers (top-k per target channel), membership between a group's
 channels and the layers it touches; each kind also has its reverse type. Node features are static
-(structure, filter norms, BN, activation statistics on a calibration batch, cost saved) plus three dynamic
-columns that the environment writes with `NetworkGraph.set_dynamic`.
+(structure, filter norms, BN, activation statistics on a calibration batch, cost saved) plus three state
+columns (`DYNAMIC_FEATURES`) holding the state before any decision; the gat_ppo policy zeroes them and reads
+the state from its observations instead (`NetworkGraph.dynamic_columns`).
 
 This module knows nothing of RL, masks or budgets beyond those three columns, never changes the model's
 weights, and never counts costs itself (that is `cost.CostModel`'s job).
@@ -30,7 +31,9 @@ from torch_geometric.utils import coalesce
 
 from graphprune.checkpoint import atomic_torch_save, load_checkpoint
 from graphprune.errors import GraphpruneError
+from graphprune.evaluate import evaluation_mode
 from graphprune.pruning import ChannelGroups, GroupMember, build_dependency_graph
+from graphprune.root_channels import member_channels, per_root_channel
 
 if TYPE_CHECKING:
     from graphprune.cost import CostModel
@@ -74,6 +77,8 @@ CHANNEL_FEATURES = (  # zero on layer nodes
     "act_mean", "act_std",  # calibration batch, at that BN's output (else the root's), / largest |value|
     "flops_saved", "params_saved",  # removing one channel of the group, as a fraction of the full network's
 )
+# The state, as stored: before any decision (decided 0, kept 1 on channel nodes, budget_left 0). The policy
+# zeroes these columns; they stay in the layout because its input width, and so its initial weights, count them.
 DYNAMIC_FEATURES = (
     "decided",  # channel nodes: its keep/prune decision is made (0 on layer nodes)
     "kept",  # channel nodes: currently kept (0 on layer nodes)
@@ -156,7 +161,7 @@ class NetworkGraph:
 
     @property
     def dynamic_columns(self) -> slice:
-        """The columns of `x` that `set_dynamic` writes (the last three)."""
+        """The columns of `x` that hold the state (DYNAMIC_FEATURES, the last three)."""
         return slice(DECIDED_COLUMN, BUDGET_COLUMN + 1)
 
     def layer_node(self, name: str) -> int:
@@ -164,21 +169,6 @@ class NetworkGraph:
         if name not in self._layer_index:
             raise KeyError(f"no layer node named {name!r}")
         return self.num_channel_nodes + self._layer_index[name]
-
-    def set_dynamic(self, decided: Tensor, kept: Tensor, budget_left: float) -> None:
-        """Write the dynamic features in place.
-
-        decided, kept: [C] bool (or 0/1) over all channel nodes, in node order (group 0's channels first);
-        budget_left: one number broadcast to all N nodes.
-        """
-        c = self.num_channel_nodes
-        if decided.shape != (c,) or kept.shape != (c,):
-            raise ValueError(f"decided and kept must have shape [{c}], got {list(decided.shape)}, "
-                             f"{list(kept.shape)}")
-        x = self.data.x
-        x[:c, DECIDED_COLUMN] = decided.to(device=x.device, dtype=x.dtype)
-        x[:c, KEPT_COLUMN] = kept.to(device=x.device, dtype=x.dtype)
-        x[:, BUDGET_COLUMN] = float(budget_left)
 
     def to_dict(self) -> dict:
         """Tensors, lists, numbers and strings only: loadable with `torch.load(weights_only=True)`."""
@@ -365,6 +355,13 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerTrace:
     )
 
 
+def topological_group_order(roots: Sequence[str], layer_names: Sequence[str]) -> list[int]:
+    """Group indices sorted by the position of their root layer in `layer_names` (topological, as traced);
+    a root that is no traced layer goes last. The order in which `gat_ppo` and `amc` visit the groups."""
+    position = {name: i for i, name in enumerate(layer_names)}
+    return sorted(range(len(roots)), key=lambda g: position.get(roots[g], len(position)))
+
+
 def _carries_data(node, module_names: dict) -> bool:
     if node.type in _VIEW_TYPES or node.type == tp.ops.OPTYPE.PARAMETER:
         return False
@@ -488,20 +485,20 @@ def _channel_features(
     for group, root, bn, stat in zip(groups.groups, roots, bns, stat_members, strict=True):
         filters = modules[root.module].weight.detach().float().cpu()
         filters = filters.flatten(1) if filters.dim() > 1 else filters[:, None]
-        l1.append(_per_root_channel(root, filters.abs().mean(1), group.size))
-        l2.append(_per_root_channel(root, filters.pow(2).mean(1), group.size).sqrt())
+        l1.append(per_root_channel(root, filters.abs().mean(1), mean=True))
+        l2.append(per_root_channel(root, filters.pow(2).mean(1), mean=True).sqrt())
         l1_rank_group.append(_rank01(l1[-1]))
         l2_rank_group.append(_rank01(l2[-1]))
         has_bn.append(torch.full((group.size,), float(bn is not None)))
         if bn is not None:
-            gamma.append(_per_root_channel(bn, modules[bn.module].weight.detach().float().cpu(), group.size))
-            beta.append(_per_root_channel(bn, modules[bn.module].bias.detach().float().cpu(), group.size))
+            gamma.append(per_root_channel(bn, modules[bn.module].weight.detach().float().cpu(), mean=True))
+            beta.append(per_root_channel(bn, modules[bn.module].bias.detach().float().cpu(), mean=True))
         else:  # no affine normalisation: identity scale, zero shift
             gamma.append(torch.ones(group.size))
             beta.append(torch.zeros(group.size))
-        mean, std = activations[stat.module]
-        act_mean.append(_per_root_channel(stat, mean, group.size))
-        act_std.append(_per_root_channel(stat, std, group.size))
+        channel_mean, channel_std = activations[stat.module]
+        act_mean.append(per_root_channel(stat, channel_mean, mean=True))
+        act_std.append(per_root_channel(stat, channel_std, mean=True))
 
     l1, l2 = torch.cat(l1), torch.cat(l2)
     flops_saved, params_saved = _cost_saved(groups, cost)
@@ -523,20 +520,6 @@ def _first_batch_norm(group, modules: dict) -> GroupMember | None:
 
 def _member(group, module: str, kind: str) -> GroupMember:
     return next(m for m in group.members if m.module == module and m.kind == kind)
-
-
-def _member_indices(member: GroupMember) -> tuple[Tensor, Tensor]:
-    """(module channel index, root channel it belongs to), both [M], flattened over `member.channels`."""
-    owner = [j for j, idxs in enumerate(member.channels) for _ in idxs]
-    index = [i for idxs in member.channels for i in idxs]
-    return torch.tensor(index, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
-
-
-def _per_root_channel(member: GroupMember, values: Tensor, size: int) -> Tensor:
-    """values: [W] per module channel -> [size] per root channel (mean where a root channel maps to many)."""
-    index, owner = _member_indices(member)
-    total = torch.zeros(size).index_add_(0, owner, values[index].float())
-    return total / torch.bincount(owner, minlength=size).clamp(min=1)
 
 
 def _rank01(values: Tensor) -> Tensor:
@@ -568,16 +551,13 @@ def _activation_statistics(
         return hook
 
     hooks = [modules[name].register_forward_hook(record(name)) for name in names]
-    was_training = model.training
     param = next(model.parameters())
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluation_mode(model), torch.no_grad():
             model(calibration_batch.to(param.device, param.dtype))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     missing = names - statistics.keys()
     if missing:
         raise RuntimeError(f"modules never ran on the calibration batch: {sorted(missing)}")
@@ -653,7 +633,7 @@ def _channel_nodes_of(
     """
     nodes, indices, owners, covered = [], [], [], 0
     for group, member in members:
-        index, owner = _member_indices(member)
+        index, owner = member_channels(member)
         nodes.append(torch.arange(len(member.channels)) + offsets[group])
         indices.append(index)
         owners.append(owner + covered)

@@ -32,6 +32,7 @@ from torch import nn
 
 from graphprune.checkpoint import _atomic_write, atomic_torch_save, load_checkpoint
 from graphprune.errors import GraphpruneError
+from graphprune.evaluate import evaluation_mode
 from graphprune.models import ModelSpec, build_model
 
 # Modules whose output channels a hook can zero so that the result equals removing them. Normalisations that
@@ -65,10 +66,6 @@ class ChannelGroup:
     @property
     def out_modules(self) -> tuple[str, ...]:
         return tuple(m.module for m in self.members if m.kind == "out")
-
-    @property
-    def in_modules(self) -> tuple[str, ...]:
-        return tuple(m.module for m in self.members if m.kind == "in")
 
 
 @dataclass(frozen=True)
@@ -191,19 +188,15 @@ class ChannelGroups:
 
 def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
     """Trace `model` with one example input; an untraceable model is a user error naming the failure."""
-    was_training = model.training
-    model.eval()
     try:
-        example = torch.zeros(1, *input_shape, device=_device_of(model))
-        with torch.enable_grad():  # Torch-Pruning traces through autograd
+        with evaluation_mode(model), torch.enable_grad():  # Torch-Pruning traces through autograd
+            example = torch.zeros(1, *input_shape, device=_device_of(model))
             return tp.DependencyGraph().build_dependency(model, example_inputs=example)
     except Exception as exc:  # Torch-Pruning raises many types while tracing
         raise GraphpruneError(
             f"cannot trace {type(model).__name__} for channel dependencies "
             f"({type(exc).__name__}: {exc}); see docs/PRUNING.md for models known not to trace"
         ) from exc
-    finally:
-        model.train(was_training)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -219,15 +212,12 @@ def _last_layer_run(model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
         for m in model.modules()
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
     ]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluation_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_shape, device=_device_of(model)))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     if not order:
         raise GraphpruneError(f"{type(model).__name__} has no conv or linear layer to prune")
     return order[-1]
@@ -354,6 +344,22 @@ def prune_model(model: nn.Module, groups: ChannelGroups, mask: Mask) -> nn.Modul
     return pruned
 
 
+# Samples of the random batch on which the masked and the pruned network must agree.
+AGREEMENT_BATCH = 8
+
+
+def masked_vs_pruned_difference(model: nn.Module, pruned: nn.Module, groups: ChannelGroups, mask: Mask,
+                                seed: int) -> float:
+    """Largest |masked(x) - pruned(x)| over a random batch in eval mode: 0 up to float rounding when pruning
+    is exact."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(AGREEMENT_BATCH, *groups.input_shape, generator=generator).to(_device_of(model))
+    with torch.no_grad():
+        with ChannelMasker(model, groups, mask):
+            masked = model(x)
+        return float((masked - pruned(x)).abs().max())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Pruned networks and masks on disk. A pruned network is stored as the baseline's spec + the mask + the pruned
 # state dict, and rebuilt by replaying the mask on a fresh model: loading never unpickles a module, so a file
@@ -364,25 +370,30 @@ class PrunedModel(NamedTuple):
     """A physically pruned network rebuilt by `load_pruned`, with what it was built from."""
 
     model: nn.Module
-    spec: ModelSpec
+    spec: ModelSpec | None  # None: a user-defined architecture
     mask: Mask
     meta: dict
 
 
 def save_pruned(
-    path: str | Path, spec: ModelSpec, mask: Mask, model: nn.Module, meta: Mapping[str, Any],
+    path: str | Path, spec: ModelSpec | None, mask: Mask, model: nn.Module, meta: Mapping[str, Any],
     groups: ChannelGroups | None = None,
 ) -> None:
     """Write a physically pruned `model` (the result of `prune_model(baseline, groups, mask)`, possibly
     fine-tuned) so that `load_pruned` can rebuild it. `groups` are the baseline's channel groups; without
-    them they are found again by tracing a fresh model of `spec`.
+    them they are found again by tracing a fresh model of `spec`. `spec` None: a user-defined architecture,
+    which `load_pruned` rebuilds from an unpruned instance the caller passes (groups are then required).
     """
-    groups = groups if groups is not None else ChannelGroups(_fresh_model(spec), spec.input_shape)
+    if groups is None:
+        if spec is None:
+            raise ValueError("save_pruned needs the baseline's channel groups when there is no model spec")
+        groups = ChannelGroups(_fresh_model(spec), spec.input_shape)
     groups.check(mask)
     _check_is_pruned_by(model, groups, mask)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     atomic_torch_save({
-        "arch": spec.to_dict(),
+        "arch": spec.to_dict() if spec is not None else None,
+        "input_shape": list(groups.input_shape),
         "mask": mask.to_dict(),
         "group_roots": list(groups.roots),
         "min_channels": groups.min_channels,
@@ -391,8 +402,11 @@ def save_pruned(
     }, path)
 
 
-def load_pruned(path: str | Path) -> PrunedModel:
-    """Rebuild a `save_pruned` file on the CPU, in eval mode; any mismatch is a GraphpruneError naming it."""
+def load_pruned(path: str | Path, model: nn.Module | None = None) -> PrunedModel:
+    """Rebuild a `save_pruned` file on the CPU, in eval mode; any mismatch is a GraphpruneError naming it.
+
+    model: an unpruned instance of the architecture (required when the file holds no spec, i.e. a
+    user-defined network; its weights are replaced by the stored ones and it is left unchanged)."""
     data = load_checkpoint(path)
     missing = {"arch", "mask", "group_roots", "min_channels", "state_dict"} - data.keys()
     if missing:
@@ -400,9 +414,15 @@ def load_pruned(path: str | Path) -> PrunedModel:
             f"{path} is not a pruned-model file (missing {', '.join(sorted(missing))}); "
             "write it with `graphprune prune` or save_pruned"
         )
-    spec = ModelSpec.from_dict(data["arch"])
-    model = _fresh_model(spec)
-    groups = ChannelGroups(model, spec.input_shape, int(data["min_channels"]))
+    spec = ModelSpec.from_dict(data["arch"]) if data["arch"] is not None else None
+    if model is None:
+        if spec is None:
+            raise GraphpruneError(f"{path} holds a pruned user-defined network: pass an unpruned instance of its "
+                                  "architecture, e.g. graphprune.load(path, model=MyNet())")
+        model = _fresh_model(spec)
+    model = model.cpu()
+    input_shape = data.get("input_shape") or spec.input_shape
+    groups = ChannelGroups(model, input_shape, int(data["min_channels"]))
     _check_roots(path, groups, data["group_roots"])
     mask = _mask_from_file(path, data["mask"], groups)
     pruned = prune_model(model, groups, mask)
@@ -410,8 +430,8 @@ def load_pruned(path: str | Path) -> PrunedModel:
         pruned.load_state_dict(data["state_dict"])
     except RuntimeError as exc:
         raise GraphpruneError(
-            f"the weights in {path} do not fit {spec.name} pruned by its mask ({exc}); the file is damaged "
-            "or was written by another version: rerun the stage that wrote it"
+            f"the weights in {path} do not fit {spec.name if spec else type(model).__name__} pruned by its mask "
+            f"({exc}); the file is damaged, was written by another version, or the model is another architecture"
         ) from exc
     return PrunedModel(pruned.eval(), spec, mask, dict(data.get("meta", {})))
 
@@ -483,13 +503,9 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) 
     this torch lacks the former or it cannot translate an op (e.g. adaptive pooling to a size that does not
     divide the input). Returns the exporter that wrote the file: "torchscript" or "dynamo".
     """
-    was_training = model.training
-    model.eval()
     example = (torch.zeros(1, *input_shape, device=_device_of(model)),)
-    try:
+    with evaluation_mode(model):
         exporter, onnx_bytes = _export_to_bytes(model, example)
-    finally:
-        model.train(was_training)
     _atomic_write(path, lambda stream: stream.write(onnx_bytes))
     import onnx  # only exporting needs it; importing it would slow down every other user of this module
 

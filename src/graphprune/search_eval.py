@@ -2,31 +2,20 @@
 
 Every candidate mask gets its own batch-norm statistics from a few fixed training batches before it is scored
 (BN recalibration, on by default): without it every pruned network scores near chance and an accuracy
-reward is noise (METHOD.md, measured notes). The test split is never touched here.
+reward is noise (docs/BASELINES.md). The test split is never touched here. The cache only saves work;
+the distinct masks a search scores are counted by `methods.base.BudgetedEvaluator`.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from graphprune.evaluate import BN_TYPES, recalibrate_batch_norm
+from graphprune.evaluate import BN_TYPES, evaluation_mode, recalibrate_batch_norm
 from graphprune.pruning import ChannelGroups, ChannelMasker, Mask
-
-
-@dataclass
-class EvaluatorStats:
-    calls: int = 0
-    cache_hits: int = 0
-    seconds: float = 0.0
-
-    @property
-    def masks_evaluated(self) -> int:
-        return self.calls - self.cache_hits
 
 
 @dataclass
@@ -44,34 +33,26 @@ class SearchEvaluator:
     calibration: list[torch.Tensor]
     recalibrate_bn: bool = True
     batch_size: int = 1024
-    stats: EvaluatorStats = field(default_factory=EvaluatorStats)
 
     def __post_init__(self):
         self._cache: dict[str, float] = {}
         self._bns = [m for m in self.model.modules() if isinstance(m, BN_TYPES)]
 
     def __call__(self, mask: Mask) -> float:
-        self.stats.calls += 1
         key = mask.key()
         if key in self._cache:
-            self.stats.cache_hits += 1
             return self._cache[key]
-        start = time.perf_counter()
-        was_training = self.model.training
         # recalibrate_batch_norm puts momentum and modes back itself; the statistics are restored here.
         saved = [_bn_buffers(bn) for bn in self._bns] if self.recalibrate_bn else []
-        self.model.eval()
         try:
-            with ChannelMasker(self.model, self.groups, mask), torch.no_grad():
+            with evaluation_mode(self.model), ChannelMasker(self.model, self.groups, mask), torch.no_grad():
                 if self.recalibrate_bn:
                     recalibrate_batch_norm(self.model, self.calibration)
                 accuracy = self._accuracy()
         finally:
             for bn, state in zip(self._bns, saved, strict=False):
                 _restore_bn(bn, state)
-            self.model.train(was_training)
         self._cache[key] = accuracy
-        self.stats.seconds += time.perf_counter() - start
         return accuracy
 
     def _accuracy(self) -> float:

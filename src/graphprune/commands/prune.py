@@ -1,105 +1,64 @@
-"""`graphprune prune`: one-shot pruning of any model (zoo, torchvision, or a baseline checkpoint) with a method
-that needs no search data, to a FLOPs or parameter budget.
+"""`graphprune prune`: prune any model (zoo, torchvision, or a baseline checkpoint) with any method to a FLOPs or
+parameter budget, optionally fine-tune it, and write the result. The work is `graphprune.api`'s; this module
+parses arguments, builds the model and data they name, and writes the files.
 
 Writes to --out: model.pt (spec + mask + pruned state dict, see `pruning.save_pruned`), mask.pt, model.onnx
-(with --onnx) and metrics.json (cost, measured latency, masked-vs-pruned agreement), metrics.json last.
-This command does not train, fine-tune or read datasets.
+(with --onnx) and metrics.json (cost, search accuracy, measured latency, masked-vs-pruned agreement), metrics.json
+last. Search methods need --data (a dataset name or imagefolder:DIR); their log and checkpoint go to
+--out/search/, so an interrupted search resumes. The test split of a named dataset is never read.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from graphprune import api
 from graphprune.checkpoint import atomic_write_json, load_model
-from graphprune.cost import CostModel, measure_latency, parse_target
+from graphprune.commands.common import apply_threads
 from graphprune.errors import GraphpruneError
-from graphprune.methods import MethodContext, get_method
+from graphprune.methods import available_methods
+from graphprune.methods.base import DEFAULT_EVALUATIONS
 from graphprune.models import ModelSpec, available_models, build_model
-from graphprune.pruning import (
-    ChannelGroups,
-    ChannelMasker,
-    Mask,
-    export_onnx,
-    prune_model,
-    save_mask,
-    save_pruned,
-)
+from graphprune.pruning import export_onnx, save_mask
 
 log = logging.getLogger(__name__)
-
-# Samples of the random batch on which the masked and the pruned network must agree.
-AGREEMENT_BATCH = 8
-
-
-@dataclass(frozen=True)
-class PruneRequest:
-    """How to prune and where to write the result (`checkpoint`: where the weights came from, if anywhere)."""
-
-    checkpoint: Path | None
-    method: str
-    target: str
-    min_channels: int
-    seed: int
-    out_dir: Path
-    onnx: bool
-    latency_batch_sizes: tuple[int, ...]
-    latency_repeats: int
-
-
-@dataclass(frozen=True)
-class PruneMetrics:
-    """metrics.json of `graphprune prune`. FLOPs are MACs of one sample's forward pass (Torch-Pruning's count);
-    ratios are pruned / unpruned; `latency` maps each batch size to median seconds of both nets and their
-    ratio, measured side by side on the CPU in one run; `max_abs_diff_masked_vs_pruned` is over a random batch
-    in eval mode."""
-
-    model: str
-    checkpoint: str | None
-    method: str
-    target: str
-    seed: int
-    min_channels: int
-    groups: int
-    channels: int
-    channels_kept: int
-    flops: int
-    params: int
-    full_flops: int
-    full_params: int
-    flops_ratio: float
-    params_ratio: float
-    latency_ratio: float  # at the smallest batch size measured (batch 1 by default)
-    latency: dict[str, dict[str, float]]
-    max_abs_diff_masked_vs_pruned: float
-    onnx_exporter: str | None
-    search: dict
-    seconds: float
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "prune", help="prune a model one-shot with a heuristic to a FLOPs/params budget",
-        description="Prune a model one-shot (no search data) and write model.pt, mask.pt, metrics.json.",
+        "prune", help="prune a model with any method to a FLOPs/params budget (optionally fine-tune it)",
+        description="Prune a model and write model.pt, mask.pt, metrics.json. Search methods need --data.",
     )
     parser.add_argument("--model", help=f"model name: {', '.join(available_models())} "
                                          "(optional with --checkpoint, which names its architecture)")
     parser.add_argument("--checkpoint", type=Path, help="baseline model.pt to prune (default: fresh weights)")
     parser.add_argument("--dataset-shape", help="input shape C,H,W of one sample (H = W), e.g. 3,32,32")
-    parser.add_argument("--input-size", type=int, help="input height = width (default 32)")
-    parser.add_argument("--in-channels", type=int, help="input channels (default 3)")
-    parser.add_argument("--num-classes", type=int, help="classes (default 10)")
-    parser.add_argument("--method", required=True,
-                        help="a method that needs no search data: random, l1_uniform, global_bn, depgraph")
+    parser.add_argument("--input-size", type=int, help="input height = width (default 32, or --data's)")
+    parser.add_argument("--in-channels", type=int, help="input channels (default 3, or --data's)")
+    parser.add_argument("--num-classes", type=int, help="classes (default 10, or --data's)")
+    parser.add_argument("--method", required=True, help=f"pruning method: {', '.join(available_methods())}")
     parser.add_argument("--target", required=True, help="budget, e.g. flops0.5 (keep <= 50%% of FLOPs) or params0.3")
+    parser.add_argument("--data", help="images for search methods and fine-tuning: a dataset name (digits, "
+                                       "fashion_mnist, cifar10, ...) or imagefolder:DIR (DIR/<class>/<image>)")
+    parser.add_argument("--data-root", default="data", help="where named datasets live (default %(default)s)")
+    parser.add_argument("--search-size", type=float, default=0.1,
+                        help="imagefolder: share (<1) or number of images held out for the search (default 0.1)")
+    parser.add_argument("--search-images", type=int, help="search images scored per mask (default: all)")
+    parser.add_argument("--evaluations", type=int, default=DEFAULT_EVALUATIONS,
+                        help="distinct masks a search method may score (default %(default)s)")
+    parser.add_argument("--settings", default="{}", help='the method\'s settings as JSON, e.g. \'{"amc_warmup": 8}\'')
+    parser.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned network (needs --data)")
+    parser.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default: the config default)")
     parser.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random choices (default 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="default %(default)s")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--onnx", action="store_true", help="also export the pruned network to model.onnx")
     parser.add_argument("--latency-batch-sizes", default="1,64",
@@ -109,17 +68,63 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    apply_threads(args)
+    settings = _json_settings(args.settings)
     model, spec = _model_from_args(args)
-    request = PruneRequest(
-        checkpoint=args.checkpoint, method=args.method, target=args.target, min_channels=args.min_channels,
-        seed=args.seed, out_dir=args.out, onnx=args.onnx,
-        latency_batch_sizes=_batch_sizes(args.latency_batch_sizes), latency_repeats=args.latency_repeats,
+    data = api.load_data(args.data, spec.in_channels, spec.input_size, search_size=args.search_size,
+                         seed=args.seed, root=args.data_root) if args.data else None
+    if args.finetune_epochs and data is None:
+        raise GraphpruneError("--finetune-epochs needs --data (the images to fine-tune on)")
+    example = _example_inputs(spec)
+    result = api.prune(
+        model, example, args.target, args.method, data, settings=settings, evaluations=args.evaluations,
+        seed=args.seed, min_channels=args.min_channels, search_images=args.search_images, device=args.device,
+        work_dir=args.out / "search", latency_batch_sizes=_batch_sizes(args.latency_batch_sizes),
+        latency_repeats=args.latency_repeats, spec=spec,
     )
-    metrics = prune(model, spec, request)
-    latency = ", ".join(f"batch {b}: {v['ratio']:.2f}" for b, v in metrics.latency.items())
-    print(f"{metrics.model} {metrics.method} {metrics.target}: {metrics.flops_ratio:.3f} of FLOPs, "
-          f"{metrics.params_ratio:.3f} of params, latency ratio {latency} -> {args.out}")
+    if args.finetune_epochs:
+        recipe = {"lr": args.finetune_lr} if args.finetune_lr is not None else {}
+        api.finetune(result, epochs=args.finetune_epochs, seed=args.seed, device=args.device,
+                     run_dir=args.out / "finetune", **recipe)
+    write_outputs(result, args.out, checkpoint=args.checkpoint, onnx=args.onnx)
+    m = result.metrics
+    latency = ", ".join(f"batch {b}: {v['ratio']:.2f}" for b, v in m.latency.items())
+    accuracy = "" if m.search_top1 is None else f", search top-1 {m.search_top1:.4f}"
+    if m.search_top1_finetuned is not None:
+        accuracy += f" ({m.search_top1_finetuned:.4f} fine-tuned)"
+    print(f"{spec.name} {m.method} {m.target}: {m.flops_ratio:.3f} of FLOPs, {m.params_ratio:.3f} of params"
+          f"{accuracy}, latency ratio {latency or 'not measured'} -> {args.out}")
     return 0
+
+
+def write_outputs(result: api.PruneResult, out: Path, *, checkpoint: Path | None, onnx: bool) -> None:
+    """model.pt, mask.pt, optional model.onnx, then metrics.json (last: its presence means the rest is there)."""
+    out.mkdir(parents=True, exist_ok=True)
+    api.save(result, out / "model.pt")
+    save_mask(out / "mask.pt", result.mask, result.groups)
+    exporter = export_onnx(result.model, result.groups.input_shape, out / "model.onnx") if onnx else None
+    m = result.metrics
+    latency_ratio = m.latency[min(m.latency, key=int)]["ratio"] if m.latency else None
+    atomic_write_json({
+        "model": result.spec.name if result.spec else None, "checkpoint": str(checkpoint) if checkpoint else None,
+        **m.to_dict(), "latency_ratio": latency_ratio, "onnx_exporter": exporter, "search": result.record,
+    }, out / "metrics.json")
+
+
+def _json_settings(text: str) -> dict:
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GraphpruneError(f"--settings must be a JSON object, got {text!r} ({exc})") from exc
+    if not isinstance(settings, dict):
+        raise GraphpruneError(f"--settings must be a JSON object, got {text!r}")
+    return settings
+
+
+def _example_inputs(spec: ModelSpec):
+    import torch
+
+    return torch.zeros(2, *spec.input_shape)
 
 
 def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
@@ -131,6 +136,10 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
             if shape[key] is not None and shape[key] != value:
                 raise GraphpruneError(f"--dataset-shape {args.dataset_shape} contradicts --{key.replace('_', '-')}")
             shape[key] = value
+    if args.data and not args.data.startswith(api.IMAGE_FOLDER_PREFIX) and args.checkpoint is None:
+        for key, value in asdict(_dataset_info(args.data)).items():  # a named dataset fixes the shape
+            if key in shape and shape[key] is None:
+                shape[key] = value
     given = {key: value for key, value in shape.items() if value is not None}
     if args.checkpoint is None:
         if not args.model:
@@ -146,6 +155,13 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
         raise GraphpruneError(f"{args.checkpoint} holds {stored.spec.name} for another setting: "
                               f"{', '.join(clashes)}; drop the flags or pick the matching checkpoint")
     return stored.model, stored.spec
+
+
+def _dataset_info(name: str):
+    from graphprune.config import dataset_settings
+    from graphprune.data import dataset_info
+
+    return dataset_info(dataset_settings({"name": name}, source=f"--data {name}"))
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -166,53 +182,3 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise GraphpruneError(f"--latency-batch-sizes must be positive, got {text!r}")
     return sizes
-
-
-def prune(model: nn.Module, spec: ModelSpec, request: PruneRequest) -> PruneMetrics:
-    """Prune `model` (built from `spec`; left unchanged) one-shot as `request` says and write its files;
-    returns the metrics written to metrics.json."""
-    start = time.perf_counter()
-    budget = parse_target(request.target)
-    method = get_method(request.method)  # before any tracing: a misspelt name fails at once
-    model.eval()
-    groups = ChannelGroups(model, spec.input_shape, request.min_channels)
-    cost = CostModel(model, groups)
-    context = MethodContext(model, groups, cost, seed=request.seed, out_dir=request.out_dir)
-    result = method.search(context, budget)
-    mask = result.mask
-    pruned = prune_model(model, groups, mask).eval()
-    max_diff = masked_vs_pruned_difference(model, pruned, groups, mask, request.seed)
-    latency = measure_latency(pruned, model, spec.input_shape, request.latency_batch_sizes,
-                              repeats=request.latency_repeats)
-
-    out = request.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    save_mask(out / "mask.pt", mask, groups)
-    meta = {"method": request.method, "target": request.target, "seed": request.seed,
-            "checkpoint": str(request.checkpoint) if request.checkpoint else None, "search": result.record}
-    save_pruned(out / "model.pt", spec, mask, pruned, meta, groups)
-    exporter = export_onnx(pruned, spec.input_shape, out / "model.onnx") if request.onnx else None
-    flops, params = cost.of_mask(mask)
-    metrics = PruneMetrics(
-        model=spec.name, checkpoint=meta["checkpoint"], method=request.method, target=str(budget),
-        seed=request.seed, min_channels=request.min_channels, groups=len(groups), channels=sum(groups.sizes),
-        channels_kept=sum(mask.counts), flops=flops, params=params, full_flops=cost.full_flops,
-        full_params=cost.full_params, flops_ratio=flops / cost.full_flops, params_ratio=params / cost.full_params,
-        latency_ratio=latency[min(latency)]["ratio"], latency={str(b): v for b, v in latency.items()},
-        max_abs_diff_masked_vs_pruned=max_diff, onnx_exporter=exporter, search=result.record,
-        seconds=time.perf_counter() - start,
-    )
-    atomic_write_json(asdict(metrics), out / "metrics.json")
-    return metrics
-
-
-def masked_vs_pruned_difference(model: nn.Module, pruned: nn.Module, groups: ChannelGroups, mask: Mask,
-                                seed: int) -> float:
-    """Largest |masked(x) - pruned(x)| over a random batch in eval mode: 0 up to float rounding when pruning
-    is exact."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(AGREEMENT_BATCH, *groups.input_shape, generator=generator)
-    with torch.no_grad():
-        with ChannelMasker(model, groups, mask):
-            masked = model(x)
-        return float((masked - pruned(x)).abs().max())

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
-from graphprune.graph import trace_layers
+from graphprune.graph import topological_group_order, trace_layers
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, counts_for_ratios, register
 from graphprune.methods.heuristics import filter_l1_scores
-from graphprune.methods.ratio_search import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
+from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
 from graphprune.pruning import ChannelGroups
 
 # AMC's layer embedding, one row per group. The first seven are static and min-max normalised over the
@@ -89,12 +89,6 @@ class AmcSettings:
 
 
 # --------------------------------------------------------------------------------------- the environment
-
-
-def network_order(model: nn.Module, groups: ChannelGroups) -> list[int]:
-    """Group indices sorted by the topological position of their root layer (AMC goes layer by layer)."""
-    position = {name: i for i, name in enumerate(trace_layers(model, groups.input_shape).names)}
-    return sorted(range(len(groups)), key=lambda g: position.get(groups.groups[g].root, len(position)))
 
 
 def static_group_features(model: nn.Module, groups: ChannelGroups, cost: CostModel, metric: str,
@@ -271,7 +265,8 @@ class Amc(PruningMethod):
     needs_evaluator = True
 
     def choose(self, context: MethodContext, budget: Budget, settings: AmcSettings) -> MethodResult:
-        order = network_order(context.model, context.groups)
+        layers = trace_layers(context.model, context.groups.input_shape)
+        order = topological_group_order(context.groups.roots, layers.names)
         static = static_group_features(context.model, context.groups, context.cost, budget.metric, order)
         masks = ScoredMasks(context.cost, budget, filter_l1_scores(context.model, context.groups), context.evaluator)
         env = LayerwiseEnv(static, order, context.cost, budget, masks, settings)

@@ -21,24 +21,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
+from tqdm.auto import tqdm
 
 from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
+from graphprune.method_index import METHOD_MODULES, available_methods  # noqa: F401 (re-exported)
 from graphprune.pruning import ChannelGroups, Mask
-
-# The registry's index: method name -> the module whose import registers it. Looking a name up imports only its
-# module, and listing names imports nothing, so checking a config never pays for torch-geometric and Tianshou.
-METHOD_MODULES: dict[str, str] = {
-    "random": "graphprune.methods.heuristics",
-    "random_search": "graphprune.methods.heuristics",
-    "l1_uniform": "graphprune.methods.heuristics",
-    "global_bn": "graphprune.methods.heuristics",
-    "depgraph": "graphprune.methods.heuristics",
-    "gnnrl": "graphprune.methods.gnnrl",
-    "amc": "graphprune.methods.amc",
-    "gat_ppo": "graphprune.methods.gat_ppo",
-    "l1_ratio_search": "graphprune.methods.heuristics",
-}
 
 # Distinct masks a search method may score when the config does not say (`search.evaluations`).
 DEFAULT_EVALUATIONS = 512
@@ -74,10 +62,11 @@ class BudgetedEvaluator:
     `unmetered` scores without counting, for diagnostics that cannot influence the returned mask.
     """
 
-    def __init__(self, evaluate: Callable[[Mask], float], limit: int):
+    def __init__(self, evaluate: Callable[[Mask], float], limit: int,
+                 on_new_mask: Callable[[], None] | None = None):
         if limit < 1:
             raise GraphpruneError(f"search.evaluations must be at least 1, got {limit}")
-        self.unmetered, self.limit = evaluate, limit
+        self.unmetered, self.limit, self.on_new_mask = evaluate, limit, on_new_mask
         self.seen: set[str] = set()
 
     def __call__(self, mask: Mask) -> float:
@@ -90,6 +79,8 @@ class BudgetedEvaluator:
             if len(self.seen) >= self.limit:
                 raise EvaluationBudgetExhausted(f"all {self.limit} evaluations are spent")
             self.seen.add(key)
+            if self.on_new_mask is not None:
+                self.on_new_mask()
 
     @property
     def masks_evaluated(self) -> int:
@@ -124,7 +115,9 @@ class PruningMethod(ABC):
 
     name: ClassVar[str] = ""  # set by @register
     settings_type: ClassVar[type] = NoSettings
-    needs_evaluator: ClassVar[bool] = False
+    needs_evaluator: ClassVar[bool] = False  # scores masks on the search split (a search method)
+    needs_graph: ClassVar[bool] = False  # reads the network graph (`graphprune graph`, or built by the API)
+    draws_progress: ClassVar[bool] = False  # shows its own progress bar (else one counts evaluated masks)
 
     def search(
         self, context: MethodContext, budget: Budget, settings: Mapping[str, Any] | object | None = None
@@ -140,12 +133,21 @@ class PruningMethod(ABC):
                 f"method {self.name} scores masks on the search split and needs a search evaluator; "
                 "run it through `graphprune search` with a dataset"
             )
-        budgeted = None
+        if self.needs_graph and context.graph is None:
+            raise GraphpruneError(f"method {self.name} reads the network graph; build it first (`graphprune graph`)")
+        budgeted = progress = None
         if context.evaluator is not None:
-            budgeted = BudgetedEvaluator(context.evaluator, context.evaluations)
+            if not self.draws_progress:
+                progress = tqdm(total=context.evaluations, desc=f"{self.name} {budget}", unit="mask", disable=None,
+                                leave=False)
+            budgeted = BudgetedEvaluator(context.evaluator, context.evaluations, progress and progress.update)
             context = dataclasses.replace(context, evaluator=budgeted)
         start = time.perf_counter()
-        result = self.choose(context, budget, typed_settings)
+        try:
+            result = self.choose(context, budget, typed_settings)
+        finally:
+            if progress is not None:
+                progress.close()
         seconds = time.perf_counter() - start
         _check_result(self.name, context, budget, result.mask)
         counts = result.mask.counts
@@ -207,10 +209,6 @@ def register(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
         return cls
 
     return add
-
-
-def available_methods() -> list[str]:
-    return sorted(METHOD_MODULES)
 
 
 def get_method(name: str) -> PruningMethod:

@@ -42,7 +42,7 @@ from graphprune.methods.base import (
     register,
 )
 from graphprune.methods.heuristics import filter_l2_scores
-from graphprune.methods.ratio_search import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
+from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
 from graphprune.pruning import ChannelGroups
 
 # Dynamic columns appended to each layer node's structure features: the kept fraction of the channels it
@@ -204,7 +204,7 @@ def _batched_edges(edges: Tensor, batch: int, num_nodes: int) -> Tensor:
     return (edges[:, None, :] + offsets[None, :, None]).reshape(2, -1)
 
 
-class RatioActor(nn.Module):
+class GroupRatiosActor(nn.Module):
     """forward(obs [B, G + 1]) -> ((mean [B, G] in (-1, 1), std [B, G]), state): the published actor, an MLP
     from the graph embedding to one tanh-bounded mean per group, and a fixed std."""
 
@@ -325,7 +325,7 @@ class GnnRl(PruningMethod):
 
 
 def _ppo(hierarchy: LayerHierarchy, env: RatioEnv, settings: GnnRlSettings) -> PPO:
-    actor = RatioActor(MultiStageEncoder(hierarchy, settings.hidden, settings.embedding), settings)
+    actor = GroupRatiosActor(MultiStageEncoder(hierarchy, settings.hidden, settings.embedding), settings)
     critic = ValueCritic(MultiStageEncoder(hierarchy, settings.hidden, settings.embedding), settings.embedding)
     policy = ProbabilisticActorPolicy(
         actor=actor, dist_fn=fixed_std_gaussian, action_space=env.action_space,

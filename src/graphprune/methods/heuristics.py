@@ -31,6 +31,7 @@ from graphprune.methods.base import (
     remove_to_budget,
 )
 from graphprune.pruning import ChannelGroups, GroupMember, Mask, build_dependency_graph
+from graphprune.root_channels import per_root_channel
 
 _FILTER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # layers whose weight rows are output-channel filters
 
@@ -224,8 +225,5 @@ def _out_members(members: tuple[GroupMember, ...], modules: dict, types: tuple[t
 
 
 def _per_root_sum(member: GroupMember, values: torch.Tensor) -> np.ndarray:
-    """values: [W] per module channel -> [size] per root channel (summed where one maps to several)."""
-    owner = [j for j, idxs in enumerate(member.channels) for _ in idxs]
-    index = [i for idxs in member.channels for i in idxs]
-    per_channel = values.detach().double().cpu().numpy()
-    return np.bincount(owner, weights=per_channel[index], minlength=len(member.channels))
+    """values: [W] per module channel -> [size] per root channel, summed in float64."""
+    return per_root_channel(member, values.detach().double().cpu()).numpy()

@@ -1,13 +1,13 @@
 """Model zoo: CIFAR ResNets, VGG-16-BN, MobileNetV2 and any torchvision classifier as `torchvision:<name>`.
 
-A model is described by a `ModelSpec` (plain data, stored inside every checkpoint) and rebuilt from it, so
-checkpoints never pickle modules. Input channels, class count and input size follow the dataset.
+A model is described by a `ModelSpec` (plain data from `graphprune.model_spec`, stored inside every
+checkpoint) and rebuilt from it, so checkpoints never pickle modules. Input channels, class count and input
+size follow the dataset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -15,33 +15,12 @@ import torchvision
 from torch import nn
 
 from graphprune.errors import GraphpruneError
+from graphprune.model_spec import ModelSpec as ModelSpec  # defined without torch, for the config code
 from graphprune.models.cifar_resnet import CifarResNet
 from graphprune.models.mobilenetv2 import CifarMobileNetV2
 from graphprune.models.vgg import CifarVGG
 
 TORCHVISION_PREFIX = "torchvision:"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild an (unpruned) architecture."""
-
-    name: str
-    num_classes: int = 10
-    in_channels: int = 3
-    input_size: int = 32
-    weights: str | None = None  # local state-dict file (torchvision models only)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelSpec:
-        return cls(**data)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.input_size, self.input_size)
 
 
 def _resnet(depth: int) -> Callable[[ModelSpec], nn.Module]:

@@ -1,4 +1,4 @@
-"""`gat_ppo`: the paper's method (METHOD.md section 2) behind the common PruningMethod interface.
+"""`gat_ppo`: the paper's method (docs/AGENT.md) behind the common PruningMethod interface.
 
 env.py is the CMDP, policy.py the GAT actor/critic, reward.py the self-competition reward and Lagrange
 multiplier, agent.py the PPO training loop. This module only wires them to a MethodContext.
@@ -7,10 +7,10 @@ multiplier, agent.py the PPO training loop. This module only wires them to a Met
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from graphprune.cost import Budget
 from graphprune.errors import GraphpruneError
+from graphprune.graph import topological_group_order
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
 from graphprune.methods.heuristics import filter_l1_scores
@@ -22,16 +22,16 @@ class GatPpo(PruningMethod):
 
     settings_type = AgentSettings
     needs_evaluator = True
+    needs_graph = True
+    draws_progress = True  # iterations with best accuracy and multiplier
 
     def choose(self, context: MethodContext, budget: Budget, settings: AgentSettings) -> MethodResult:
-        if context.graph is None:
-            raise GraphpruneError("gat_ppo needs the network graph; run `graphprune graph` first")
         if context.out_dir is None:
             raise GraphpruneError("gat_ppo needs an output folder for its checkpoint and search log")
         graph = context.graph
         if tuple(graph.group_sizes) != context.groups.sizes:
             raise GraphpruneError("the graph was built for another network; rebuild it with `graphprune graph`")
-        order = torch.argsort(graph.root_layer_nodes).tolist()  # groups in topological order
+        order = topological_group_order(graph.group_roots, graph.layer_names)
         search = GatPpoSearch(
             graph, order, context.cost, budget, context.evaluator, repair_scores(context), settings,
             seed=context.seed, out_dir=context.out_dir, min_channels=context.groups.min_channels,

@@ -45,7 +45,7 @@ from graphprune.methods.gat_ppo.policy import (
     gaussian_ratio,
 )
 from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
-from graphprune.methods.ratio_search import MAX_EPISODES_PER_EVALUATION
+from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION
 from graphprune.pruning import Mask
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ self-competition record must be one record shared by all parallel environments (
 - `self_competition` (default): r = clip((a - b) / s, -c, c), with b the agent's own reference (its best
   feasible accuracy so far, or a high quantile of its recent accuracies) and s the spread of recent
   accuracies (standard deviation, floored), so beating the record is rewarded and the signal keeps its scale
-  when most samples fall below it (a fixed small s saturated and the policy collapsed; METHOD.md).
+  when most samples fall below it (a fixed small s saturated and the policy collapsed; docs/AGENT.md).
 - `ranked`: the percentile of a among the last K accuracies, mapped to [-1, 1].
 - `absolute`: a itself; PPO's advantage normalisation acts as the baseline.
 """
@@ -84,12 +84,15 @@ class LagrangeMultiplier:
     the feasibility wall and repair; the episode's accuracy counts `value * overshoot` lower in its reward (so
     `value` is accuracy points per point of overshoot, whatever the reward kind), and the agent learns to meet
     the budget itself instead of leaving the cuts to the wall or repair.
+
+    lr, tolerance and max_value have no defaults here: the agent's settings (`lagrange_lr`, `lagrange_tolerance`,
+    `lagrange_max`) are their one source.
     """
 
+    lr: float
+    tolerance: float
+    max_value: float
     value: float = 0.0
-    lr: float = 20.0
-    tolerance: float = 0.01
-    max_value: float = 100.0
 
     def update(self, overshoots: np.ndarray) -> float:
         """overshoots: of each episode of the last iteration (>= 0)."""

@@ -1,6 +1,7 @@
-"""What the per-group-ratio RL baselines (`gnnrl`, `amc`) share: a mask from kept counts per group (the best
-channels of each group by a fixed score), its search accuracy once per distinct mask, the best feasible mask
-found so far, and a seeded scope for the global random generators that Tianshou draws from.
+"""What the RL searches share: for the per-group-ratio baselines (`gnnrl`, `amc`) a mask from kept counts per
+group (the best channels of each group by a fixed score), its search accuracy, the best feasible mask found so
+far, and a seeded scope for the global random generators that Tianshou draws from; for every RL search
+(`gat_ppo` too) the cap on episodes per evaluation.
 
 Nothing here learns, and nothing here scores a mask over the budget.
 """

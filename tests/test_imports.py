@@ -1,0 +1,68 @@
+"""Reading the config must not import torch: Snakemake imports the config code on every call, even `-n`.
+
+The plain-data halves of the heavy modules (atomic writers, ModelSpec, TrainRecipe, dataset settings, the
+method index) live in torch-free modules and are re-exported from their old homes; these tests keep it so.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import graphprune.atomic
+import graphprune.datasets
+import graphprune.method_index
+import graphprune.model_spec
+import graphprune.recipe
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchvision", "torch_geometric", "tianshou")
+
+
+def _workflow_imports() -> set[str]:
+    """The graphprune modules the Snakefile and its rule files import while Snakemake parses them."""
+    sources = [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "workflow").rglob("*.smk"))]
+    pattern = re.compile(r"^\s*(?:from|import)\s+(graphprune(?:\.\w+)*)", re.MULTILINE)
+    return {module for source in sources for module in pattern.findall(source.read_text())}
+
+
+def test_the_workflow_imports_the_config_code():
+    assert {"graphprune.config", "graphprune.paths"} <= _workflow_imports()
+
+
+def test_reading_the_config_imports_no_torch(tmp_path):
+    modules = sorted(_workflow_imports() | {"graphprune", "graphprune.config", "graphprune.paths"})
+    # What Snakemake does at parse time: load, check and write the resolved config.
+    script = f"""
+import importlib, json, sys
+for module in {modules!r}:
+    importlib.import_module(module)
+from graphprune.config import load_config, write_resolved_config
+import yaml
+config = load_config({str(REPO_ROOT / "config.yaml")!r})
+write_resolved_config(yaml.safe_load(open({str(REPO_ROOT / "config.yaml")!r})), {str(tmp_path)!r})
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY!r})))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_old_homes_re_export_the_torch_free_definitions():
+    from graphprune import checkpoint, data, models, train
+    from graphprune.methods import base
+
+    assert checkpoint.atomic_write_text is graphprune.atomic.atomic_write_text
+    assert checkpoint.atomic_write_json is graphprune.atomic.atomic_write_json
+    assert models.ModelSpec is graphprune.model_spec.ModelSpec
+    assert train.TrainRecipe is graphprune.recipe.TrainRecipe
+    assert data.DatasetSettings is graphprune.datasets.DatasetSettings
+    assert data.DatasetInfo is graphprune.datasets.DatasetInfo
+    assert data.dataset_info is graphprune.datasets.dataset_info
+    assert data.KNOWN_DATASETS == tuple(data._LOADERS)
+    # The config checks names against the torch-free index; the registry must agree with it.
+    assert base.METHOD_MODULES == graphprune.method_index.METHOD_MODULES
