@@ -22,7 +22,7 @@ import torch
 from common import machine_summary
 
 from graphprune.config import load_config
-from graphprune.selection import load_setup, run_search
+from graphprune.search import load_setup, run_search
 
 # name -> settings merged over the experiment's gat_ppo settings (the ablations of docs/AGENT.md)
 ROWS = {

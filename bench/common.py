@@ -41,11 +41,11 @@ def trained_setup(config_path: str, experiment_name: str):
 
     The test scorer is a SearchEvaluator on the test split with the search's BN recalibration: benchmarks
     report test accuracy of masks before fine-tuning with it (searches never see it)."""
-    from graphprune.commands.pretrain import pretrain
     from graphprune.config import load_config
     from graphprune.data import load_splits
+    from graphprune.pretrain import pretrain
+    from graphprune.search import load_setup
     from graphprune.search_eval import build_search_evaluator
-    from graphprune.selection import load_setup
 
     config = load_config(config_path)
     experiment = config.experiment(experiment_name)

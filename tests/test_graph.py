@@ -14,7 +14,6 @@ from torch import nn
 
 from graphprune import cli
 from graphprune.checkpoint import save_model
-from graphprune.commands.graph import calibration_batch
 from graphprune.config import load_config
 from graphprune.cost import CostModel
 from graphprune.errors import GraphpruneError
@@ -29,6 +28,7 @@ from graphprune.graph import (
     build_graph,
     trace_layers,
 )
+from graphprune.graph_stage import calibration_batch
 from graphprune.models import ModelSpec, build_model
 from graphprune.pruning import ChannelGroups, build_dependency_graph
 

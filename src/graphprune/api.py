@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 # Training images whose activations give the graph's activation features (as `graphprune graph` does).
 GRAPH_CALIBRATION_IMAGES = 64
 GRAPH_TOP_K = 8
-IMAGE_FOLDER_PREFIX = "imagefolder:"
+IMAGE_FOLDER_PREFIX = "imagefolder:"  # also in commands/prune.py, which must not import torch for --help
 
 
 @dataclass(frozen=True)

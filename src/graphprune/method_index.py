@@ -21,5 +21,9 @@ METHOD_MODULES: dict[str, str] = {
 }
 
 
+# Distinct masks a search method may score when the config or caller does not say (`search.evaluations`).
+DEFAULT_EVALUATIONS = 512
+
+
 def available_methods() -> list[str]:
     return sorted(METHOD_MODULES)

@@ -1,84 +1,30 @@
-"""`graphprune graph`: build the graph of an experiment's trained baseline; write results/<exp>/graph.pt.
-
-Inputs: results/<exp>/baseline/model.pt. Outputs: graph.pt (`NetworkGraph.save`, tensors and strings only)
-and graph.json (its summary, the groups and the build settings), both written atomically. The calibration
-batch is a seeded draw from the training split, so a rerun gives the same graph; search and test images are
-never used.
-"""
+"""`graphprune graph`: build the graph of an experiment's baseline (the stage is `graphprune.graph_stage`)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 
-import torch
-
-from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.commands.common import add_experiment_arguments, load_experiment
-from graphprune.config import Config, Experiment
-from graphprune.cost import CostModel
-from graphprune.data import load_splits
-from graphprune.errors import GraphpruneError
-from graphprune.graph import NetworkGraph, build_graph
-from graphprune.pruning import ChannelGroups
-from graphprune.train import resolve_device, seed_everything
-
-log = logging.getLogger(__name__)
-
-DEFAULT_TOP_K = 8
-DEFAULT_CALIBRATION_SIZE = 64
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("graph", help="build the network graph of an experiment's baseline")
     add_experiment_arguments(parser)
-    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
-                        help="strongest input-channel edges kept per channel (default: %(default)s)")
-    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
-                        help="training images for the activation statistics (default: %(default)s)")
+    # No defaults here: the stage's apply (graph_stage.DEFAULT_*), and `--help` need not import torch-geometric.
+    parser.add_argument("--top-k", type=int, help="strongest input-channel edges kept per channel (default: 8)")
+    parser.add_argument("--calibration-size", type=int,
+                        help="training images for the activation statistics (default: 64)")
     parser.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from graphprune.graph_stage import extract_graph  # torch-geometric: only when the command runs
+
     config, experiment = load_experiment(args)
-    graph = extract_graph(config, experiment, device=args.device, top_k=args.top_k,
-                          calibration_size=args.calibration_size)
+    given = {"top_k": args.top_k, "calibration_size": args.calibration_size}
+    graph = extract_graph(config, experiment, device=args.device,
+                          **{name: value for name, value in given.items() if value is not None})
     print(f"{experiment.name}: {graph.num_channel_nodes} channel nodes, {graph.num_layer_nodes} layer nodes, "
           f"{graph.data.edge_index.shape[1]} edges in {graph.build_seconds:.1f} s "
           f"-> {config.paths(experiment.name).graph()}")
     return 0
-
-
-def extract_graph(
-    config: Config, experiment: Experiment, *, device: str | None = None, top_k: int = DEFAULT_TOP_K,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-) -> NetworkGraph:
-    """Build and write the graph of `experiment`'s baseline; returns it."""
-    paths = config.paths(experiment.name)
-    torch_device = resolve_device(device or config.device)
-    model = load_model(paths.baseline_model()).model.to(torch_device)
-    groups = ChannelGroups(model, experiment.model.input_shape)
-    cost = CostModel(model, groups)
-    calibration = calibration_batch(experiment, calibration_size)
-    graph = build_graph(model, groups, cost, calibration.to(torch_device), top_k=top_k)
-    graph.save(paths.graph())
-    atomic_write_json({
-        "experiment": experiment.name,
-        "model": experiment.model.to_dict(),
-        "calibration": {"split": "train", "images": calibration.shape[0], "seed": experiment.seed},
-        "channel_groups": groups.summary(),
-        **graph.summary(),
-    }, paths.graph_summary())
-    log.info("wrote %s and %s", paths.graph(), paths.graph_summary())
-    return graph
-
-
-def calibration_batch(experiment: Experiment, size: int) -> torch.Tensor:
-    """[size, C, H, W] training images drawn with the experiment's seed (augmentations included, seeded too)."""
-    if size < 1:
-        raise GraphpruneError(f"the calibration batch needs at least one image, got {size}")
-    train = load_splits(experiment.dataset).train
-    generator = torch.Generator().manual_seed(experiment.seed)
-    chosen = torch.randperm(len(train), generator=generator)[:size].tolist()
-    seed_everything(experiment.seed)  # training augmentations draw from the global generators
-    return torch.stack([train[i][0] for i in chosen])

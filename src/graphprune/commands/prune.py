@@ -15,17 +15,19 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from graphprune import api
-from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.commands.common import apply_threads
 from graphprune.errors import GraphpruneError
-from graphprune.methods import available_methods
-from graphprune.methods.base import DEFAULT_EVALUATIONS
-from graphprune.models import ModelSpec, available_models, build_model
-from graphprune.pruning import export_onnx, save_mask
+from graphprune.method_index import DEFAULT_EVALUATIONS, available_methods
+
+if TYPE_CHECKING:  # torch and the API load when the command runs, not for `graphprune --help`
+    from torch import nn
+
+    from graphprune import api
+    from graphprune.model_spec import ModelSpec
+
+IMAGE_FOLDER_PREFIX = "imagefolder:"  # as graphprune.api.IMAGE_FOLDER_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ def add_parser(subparsers) -> None:
         "prune", help="prune a model with any method to a FLOPs/params budget (optionally fine-tune it)",
         description="Prune a model and write model.pt, mask.pt, metrics.json. Search methods need --data.",
     )
-    parser.add_argument("--model", help=f"model name: {', '.join(available_models())} "
-                                         "(optional with --checkpoint, which names its architecture)")
+    parser.add_argument("--model", help="a zoo model (resnet20, resnet56, vgg16_bn, mobilenetv2, ...) or "
+                                         "torchvision:<name> (optional with --checkpoint, which names its architecture)")
     parser.add_argument("--checkpoint", type=Path, help="baseline model.pt to prune (default: fresh weights)")
     parser.add_argument("--dataset-shape", help="input shape C,H,W of one sample (H = W), e.g. 3,32,32")
     parser.add_argument("--input-size", type=int, help="input height = width (default 32, or --data's)")
@@ -68,6 +70,8 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from graphprune import api
+
     apply_threads(args)
     settings = _json_settings(args.settings)
     model, spec = _model_from_args(args)
@@ -99,6 +103,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def write_outputs(result: api.PruneResult, out: Path, *, checkpoint: Path | None, onnx: bool) -> None:
     """model.pt, mask.pt, optional model.onnx, then metrics.json (last: its presence means the rest is there)."""
+    from graphprune import api
+    from graphprune.checkpoint import atomic_write_json
+    from graphprune.pruning import export_onnx, save_mask
+
     out.mkdir(parents=True, exist_ok=True)
     api.save(result, out / "model.pt")
     save_mask(out / "mask.pt", result.mask, result.groups)
@@ -129,6 +137,9 @@ def _example_inputs(spec: ModelSpec):
 
 def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
     """The model the flags describe; with --checkpoint, its stored model, which the flags must not contradict."""
+    from graphprune.checkpoint import load_model
+    from graphprune.models import ModelSpec, build_model
+
     shape = {"in_channels": args.in_channels, "input_size": args.input_size, "num_classes": args.num_classes}
     if args.dataset_shape:
         channels, height, _width = _shape(args.dataset_shape)
@@ -136,7 +147,7 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
             if shape[key] is not None and shape[key] != value:
                 raise GraphpruneError(f"--dataset-shape {args.dataset_shape} contradicts --{key.replace('_', '-')}")
             shape[key] = value
-    if args.data and not args.data.startswith(api.IMAGE_FOLDER_PREFIX) and args.checkpoint is None:
+    if args.data and not args.data.startswith(IMAGE_FOLDER_PREFIX) and args.checkpoint is None:
         for key, value in asdict(_dataset_info(args.data)).items():  # a named dataset fixes the shape
             if key in shape and shape[key] is None:
                 shape[key] = value
@@ -159,7 +170,7 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
 
 def _dataset_info(name: str):
     from graphprune.config import dataset_settings
-    from graphprune.data import dataset_info
+    from graphprune.datasets import dataset_info
 
     return dataset_info(dataset_settings({"name": name}, source=f"--data {name}"))
 

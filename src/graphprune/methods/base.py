@@ -25,11 +25,8 @@ from tqdm.auto import tqdm
 
 from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import METHOD_MODULES, available_methods  # noqa: F401 (re-exported)
+from graphprune.method_index import DEFAULT_EVALUATIONS, METHOD_MODULES, available_methods  # noqa: F401 (re-exported)
 from graphprune.pruning import ChannelGroups, Mask
-
-# Distinct masks a search method may score when the config does not say (`search.evaluations`).
-DEFAULT_EVALUATIONS = 512
 
 # Bisection steps on a continuous scale of keep ratios; 2**-50 is far below one channel of any real network.
 _BISECTION_STEPS = 50
