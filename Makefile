@@ -27,8 +27,10 @@ CLUSTER_TEST_TIMEOUT ?= 900
 test-cluster: $(STAMP)
 	timeout -k 30 -s INT $(CLUSTER_TEST_TIMEOUT) tests/cluster/run_pipeline.sh
 
+# Fails on findings: ruff on the Python, Snakemake's linter on the workflow (it exits 1 when it has advice).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/snakemake --lint
 
 # --compile-bytecode: imports stay fast even where PYTHONDONTWRITEBYTECODE stops Python caching them.
 $(STAMP): requirements.lock pyproject.toml

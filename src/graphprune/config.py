@@ -31,6 +31,8 @@ from graphprune.paths import ResultPaths
 from graphprune.recipe import TrainRecipe
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+# The environment variable naming the default config file of the CLI (the pipeline sets it for its jobs).
+CONFIG_FILE_VARIABLE = "GRAPHPRUNE_CONFIG_FILE"
 # Settings that say where data lives, not what it is: moving a dataset must not invalidate results.
 LOCATION_KEYS = ("root", "download")
 
@@ -128,6 +130,10 @@ class Config:
 
     def paths(self, experiment: str) -> ResultPaths:
         return ResultPaths(self.results_dir, experiment)
+
+    def runs(self) -> list[tuple[str, str, str, int]]:
+        """Every (experiment, method, target, seed) the pipeline searches and fine-tunes, in config order."""
+        return [(name, *run) for name, experiment in self.experiments.items() for run in experiment.runs()]
 
 
 def load_config(path: str | Path) -> Config:

@@ -6,19 +6,27 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from graphprune.config import config_from_dict, write_resolved_config
+from graphprune.config import CONFIG_FILE_VARIABLE, config_from_dict, write_resolved_config
 from graphprune.paths import ResultPaths
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-# The CLI reads this file: the config exactly as merged here from config.yaml, --configfile and --config.
-RESOLVED_CONFIG = write_resolved_config(config, ".snakemake/graphprune")
-GRAPHPRUNE_CONFIG = config_from_dict(config, source=RESOLVED_CONFIG)
+
+envvars:
+    "PATH",
+
+
+# Every job's `graphprune` command reads the config exactly as merged here from config.yaml, --configfile and
+# --config (the CLI's default --config is $GRAPHPRUNE_CONFIG_FILE), and is the one installed next to the Python
+# running Snakemake, so an un-activated .venv/bin/snakemake works. Both reach the jobs through the environment
+# (SLURM jobs re-read this file), not as rule variables: neither the clone's location nor an unrelated config
+# edit may rerun a job; each rule's hash param decides that.
+os.environ[CONFIG_FILE_VARIABLE] = write_resolved_config(config, ".snakemake/graphprune")
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+GRAPHPRUNE_CONFIG = config_from_dict(config, source=os.environ[CONFIG_FILE_VARIABLE])
 EXPERIMENTS = list(GRAPHPRUNE_CONFIG.experiments)
 RESULTS = ResultPaths(GRAPHPRUNE_CONFIG.results_dir, "{experiment}")
-# The CLI installed next to the Python running Snakemake, so an un-activated .venv/bin/snakemake works.
-GRAPHPRUNE = shutil.which("graphprune", path=str(Path(sys.executable).parent)) or "graphprune"
 
 
 # Jobs that train or score networks declare a `gpu` resource only where a GPU may be used: the profile runs one
@@ -34,8 +42,3 @@ wildcard_constraints:
     method=r"[^/]+",
     target=r"[^/]+",
     seed=r"\d+",
-
-
-def pretrain_hash(wildcards):
-    """A rule param: Snakemake reruns the job exactly when the experiment's baseline would change."""
-    return GRAPHPRUNE_CONFIG.experiment(wildcards.experiment).pretrain_hash

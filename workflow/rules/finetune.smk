@@ -2,11 +2,6 @@
 # measure it on the test split (accuracy before and after, cost, latency against the baseline).
 
 
-def finetune_hash(wildcards):
-    """A rule param: reruns a fine-tune exactly when its mask or the finetune recipe would change."""
-    return GRAPHPRUNE_CONFIG.experiment(wildcards.experiment).finetune_hash(wildcards.method, int(wildcards.seed))
-
-
 rule finetune:
     input:
         model=RESULTS.baseline_model(),
@@ -17,7 +12,8 @@ rule finetune:
         metrics=RESULTS.finetuned_metrics("{method}", "{target}", "{seed}"),
         history=RESULTS.finetuned_history("{method}", "{target}", "{seed}"),
     params:
-        finetune_hash=finetune_hash,
+        # Reruns a fine-tune exactly when its mask or the finetune recipe would change.
+        finetune_hash=lambda w: GRAPHPRUNE_CONFIG.experiment(w.experiment).finetune_hash(w.method, int(w.seed)),
     log:
         RESULTS.log("finetune", "{method}", "{target}", "{seed}"),
     benchmark:
@@ -27,7 +23,9 @@ rule finetune:
         gpu=GPU_JOBS,
         mem_mb=8000,
         runtime=12 * 60,
+    conda:
+        "../envs/graphprune.yaml"
     shell:
-        "{GRAPHPRUNE:q} finetune --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q}"
+        "graphprune finetune --experiment {wildcards.experiment:q}"
         " --method {wildcards.method:q} --target {wildcards.target:q} --seed {wildcards.seed}"
         " --threads {threads} > {log:q} 2>&1"

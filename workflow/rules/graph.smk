@@ -14,5 +14,7 @@ rule graph:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../envs/graphprune.yaml"
     shell:
-        "{GRAPHPRUNE:q} graph --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q} > {log:q} 2>&1"
+        "graphprune graph --experiment {wildcards.experiment:q} > {log:q} 2>&1"

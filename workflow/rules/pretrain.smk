@@ -7,7 +7,8 @@ rule pretrain:
         metrics=RESULTS.baseline_metrics(),
         history=RESULTS.baseline_history(),
     params:
-        config_hash=pretrain_hash,
+        # Snakemake reruns the job exactly when the experiment's baseline would change.
+        config_hash=lambda wildcards: GRAPHPRUNE_CONFIG.experiment(wildcards.experiment).pretrain_hash,
     log:
         RESULTS.log("pretrain"),
     benchmark:
@@ -17,6 +18,8 @@ rule pretrain:
         gpu=GPU_JOBS,
         mem_mb=8000,
         runtime=24 * 60,
+    conda:
+        "../envs/graphprune.yaml"
     shell:
-        "{GRAPHPRUNE:q} pretrain --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q}"
+        "graphprune pretrain --experiment {wildcards.experiment:q}"
         " --threads {threads} > {log:q} 2>&1"

@@ -2,11 +2,6 @@
 # masks (search.evaluations), so no search waits for another.
 
 
-def search_hash(wildcards):
-    """A rule param: reruns a search exactly when its method's masks would change."""
-    return GRAPHPRUNE_CONFIG.experiment(wildcards.experiment).search_hash(wildcards.method, int(wildcards.seed))
-
-
 rule search:
     input:
         model=RESULTS.baseline_model(),
@@ -15,7 +10,8 @@ rule search:
         mask=RESULTS.mask("{method}", "{target}", "{seed}"),
         record=RESULTS.search_record("{method}", "{target}", "{seed}"),
     params:
-        search_hash=search_hash,
+        # Reruns a search exactly when its method's masks would change.
+        search_hash=lambda w: GRAPHPRUNE_CONFIG.experiment(w.experiment).search_hash(w.method, int(w.seed)),
     log:
         RESULTS.log("search", "{method}", "{target}", "{seed}"),
     benchmark:
@@ -25,7 +21,9 @@ rule search:
         gpu=GPU_JOBS,
         mem_mb=8000,
         runtime=240,
+    conda:
+        "../envs/graphprune.yaml"
     shell:
-        "{GRAPHPRUNE:q} search --config {RESOLVED_CONFIG:q} --experiment {wildcards.experiment:q}"
+        "graphprune search --experiment {wildcards.experiment:q}"
         " --method {wildcards.method:q} --target {wildcards.target:q} --seed {wildcards.seed}"
         " --threads {threads} > {log:q} 2>&1"

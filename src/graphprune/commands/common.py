@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from graphprune.config import Config, Experiment, load_config
+from graphprune.config import CONFIG_FILE_VARIABLE, Config, Experiment, load_config
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get(CONFIG_FILE_VARIABLE, "config.yaml")
+    parser.add_argument("--config", default=default,
+                        help=f"config file (default: ${CONFIG_FILE_VARIABLE} if set, else config.yaml; now %(default)s)")
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+    add_config_argument(parser)
     parser.add_argument("--experiment", required=True, help="experiment name from the config")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default=None,

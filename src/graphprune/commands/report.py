@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+from graphprune.commands.common import add_config_argument
 from graphprune.config import load_config
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("report", help="tables and figures from the finished results of a config")
-    parser.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+    add_config_argument(parser)
     parser.set_defaults(run=_run)
 
 
