@@ -27,6 +27,12 @@ CLUSTER_TEST_TIMEOUT ?= 900
 test-cluster: $(STAMP)
 	timeout -k 30 -s INT $(CLUSTER_TEST_TIMEOUT) tests/cluster/run_pipeline.sh
 
+# CUDA paths (tests marked cuda, AMP pretraining, CUDA latency, a gat_ppo search on CUDA vs CPU); says so and
+# exits 0 on a machine without CUDA.
+.PHONY: test-gpu
+test-gpu: $(STAMP)
+	cd bench && ../$(VENV)/bin/python gpu_check.py
+
 # Fails on findings: ruff on the Python, Snakemake's linter on the workflow (it exits 1 when it has advice).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
