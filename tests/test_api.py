@@ -124,3 +124,19 @@ class WithRecurrentLayer(nn.Module):
 def test_an_unsupported_layer_is_named():
     with pytest.raises(GraphpruneError, match=r"cannot price LSTM \(rnn\)"):
         graphprune.prune(WithRecurrentLayer(), EXAMPLE, method="l1_uniform")
+
+
+def test_a_latency_budget_is_met_by_the_table_and_the_table_is_cached(model, tmp_path):
+    latency = {"cache_dir": str(tmp_path / "tables")}
+    data = graphprune.PruneData.split(images(100), search_size=20)
+    first = graphprune.prune(model, EXAMPLE, target="latency0.95", method="random_search", data=data, evaluations=3,
+                             latency=latency, latency_batch_sizes=())
+    assert first.metrics.predicted_latency_ratio <= 0.95
+    assert first.record["latency_ratio"] == first.metrics.predicted_latency_ratio
+    tables = list((tmp_path / "tables").iterdir())
+    assert len(tables) == 1
+    second = graphprune.prune(model, EXAMPLE, target="latency0.95", method="l1_uniform", latency=latency,
+                              latency_batch_sizes=())
+    assert list((tmp_path / "tables").iterdir()) == tables and second.metrics.predicted_latency_ratio <= 0.95
+    with pytest.raises(GraphpruneError, match="latency.batch_size: 0 is less than the minimum"):
+        graphprune.prune(model, EXAMPLE, target="latency0.9", method="l1_uniform", latency={"batch_size": 0})

@@ -95,8 +95,11 @@ def test_counts_api_agrees_with_mask_api_and_ratios():
     assert cost.ratio("flops", mask.counts) == pytest.approx(flops / cost.full_flops)
     assert cost.ratio("params", mask.counts) == pytest.approx(params / cost.full_params)
     assert cost.ratio("flops", groups.sizes) == 1.0
-    with pytest.raises(GraphpruneError, match="flops"):
+    with pytest.raises(GraphpruneError, match="flops, params, latency"):
+        cost.ratio("energy", mask.counts)
+    with pytest.raises(GraphpruneError, match="latency budget needs a latency table"):
         cost.ratio("latency", mask.counts)
+    assert cost.priced_metrics == ("flops", "params")
     with pytest.raises(ValueError, match="one per group"):
         cost.flops(mask.counts[:-1])
 
@@ -119,9 +122,9 @@ def test_parse_target(target, metric, ratio):
     assert parse_target(str(budget)) == budget
 
 
-@pytest.mark.parametrize("target", ["flops", "flops0", "flops1.5", "latency0.5", "flops-0.5", "0.5", "flops0.5x", ""])
+@pytest.mark.parametrize("target", ["flops", "flops0", "flops1.5", "energy0.5", "flops-0.5", "0.5", "flops0.5x", ""])
 def test_malformed_target_says_the_form(target):
-    with pytest.raises(GraphpruneError, match=r"flops<ratio> or params<ratio>.*\(0, 1\]"):
+    with pytest.raises(GraphpruneError, match=r"<metric><ratio> with a metric of flops, params, latency.*\(0, 1\]"):
         parse_target(target)
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from graphprune.config import dataset_settings, search_settings, stable_hash, train_recipe
-from graphprune.cost import CostModel, measure_latency, parse_target
+from graphprune.cost import CostModel, latency_model, measure_latency, parse_target
 from graphprune.data import dataset_info, hold_out, image_folder, load_splits, search_count
 from graphprune.errors import GraphpruneError
 from graphprune.methods import MethodContext, get_method
@@ -109,6 +109,7 @@ class PruneMetrics:
     full_params: int
     flops_ratio: float
     params_ratio: float
+    predicted_latency_ratio: float | None  # by the latency table, for latency budgets
     search_top1: float | None
     search_top1_full: float | None
     masks_evaluated: int
@@ -155,6 +156,7 @@ def prune(
     work_dir: str | Path | None = None,
     latency_batch_sizes: Sequence[int] = (1,),
     latency_repeats: int = 20,
+    latency: Mapping[str, Any] | None = None,
     spec: ModelSpec | None = None,
 ) -> PruneResult:
     """Prune `model` to `target` (e.g. "flops0.5": keep at most half its FLOPs; "params0.3") with `method`.
@@ -164,7 +166,10 @@ def prune(
     settings: the method's own settings (as under `search.methods.<method>` in a config);
     evaluations: distinct masks a search method may score; search_images: search images scored per mask
     (default: all of `data.search`); work_dir: where a search keeps its log and checkpoint (resumable;
-    default: a temporary folder); spec: the zoo description of `model`, stored by `save` (CLI use).
+    default: a temporary folder); latency: for "latency<ratio>" targets, what is timed (batch_size 1, device
+    "cpu", grid 5, cache_dir: see the config's search.latency); latency_batch_sizes: batch sizes at which the
+    pruned and unpruned networks are timed side by side for the metrics; spec: the zoo description of
+    `model`, stored by `save` (CLI use).
     The model is left unchanged; its BN statistics are what the search starts from.
     """
     start = time.perf_counter()
@@ -179,9 +184,11 @@ def prune(
     model = model.to(torch_device).eval()
     groups = _channel_groups(model, input_shape, min_channels)
     cost = CostModel(model, groups)
+    defaults = search_settings({"latency": dict(latency or {})}, source="graphprune.prune")
+    if budget.metric == "latency":
+        cost.with_latency(latency_model(model, groups, defaults["latency"]))
     cost.check_feasible(budget)
     evaluator = graph = None
-    defaults = search_settings({})
     if prune_data is not None:
         _check_images(prune_data, input_shape)
         evaluator = build_search_evaluator(
@@ -209,6 +216,7 @@ def prune(
         channels=sum(groups.sizes), channels_kept=sum(mask.counts), flops=flops, params=params,
         full_flops=cost.full_flops, full_params=cost.full_params, flops_ratio=flops / cost.full_flops,
         params_ratio=params / cost.full_params,
+        predicted_latency_ratio=cost.ratio("latency", mask.counts) if cost.latency is not None else None,
         search_top1=evaluator(mask) if evaluator else None,
         search_top1_full=evaluator(groups.full_mask()) if evaluator else None,
         masks_evaluated=int(result.record["masks_evaluated"]),

@@ -23,6 +23,7 @@ from jsonschema.exceptions import best_match
 
 # Only torch-free modules: Snakemake imports this module to read the config (tests/test_imports.py).
 from graphprune.atomic import atomic_write_text
+from graphprune.budget import parse_target
 from graphprune.datasets import DatasetInfo, DatasetSettings, dataset_info
 from graphprune.errors import GraphpruneError
 from graphprune.method_index import available_methods
@@ -47,6 +48,7 @@ class SearchSettings:
     recalibrate_bn: bool
     calibration_batches: int
     calibration_batch_size: int
+    latency: Mapping[str, Any]  # what latency<ratio> targets time: batch_size, device, grid, cache_dir
     methods: Mapping[str, Mapping[str, Any]]  # method name -> its own settings
 
 
@@ -94,7 +96,9 @@ class Experiment:
 
     def search_hash(self, method: str, seed: int) -> str:
         """Changes exactly when a method's masks would change (baseline, shared search settings, its own, seed)."""
-        shared = {k: v for k, v in asdict(self.search).items() if k != "methods"}
+        # The latency settings count only where a target is a latency budget: others never read them.
+        uses_latency = any(parse_target(target).metric == "latency" for target in self.targets)
+        shared = {k: v for k, v in asdict(self.search).items() if k != "methods" and (k != "latency" or uses_latency)}
         return stable_hash({"baseline": self.pretrain_hash, "search": shared, "method": self.base_method(method),
                             "settings": self.method_settings(method), "seed": seed})
 
@@ -215,6 +219,11 @@ def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
     )
     variants = {variant: Variant(spec["method"], spec["settings"]) for variant, spec in raw["variants"].items()}
     _check_methods(name, raw["methods"], raw["search"]["methods"], variants)
+    for index, target in enumerate(raw["targets"]):
+        try:
+            parse_target(target)
+        except GraphpruneError as exc:
+            raise GraphpruneError(f"experiments.{name}.targets.{index}: {exc}") from exc
     seeds = tuple(raw["seeds"]) if raw["seeds"] is not None else (raw["seed"],)
     return Experiment(
         name, raw["seed"], seeds, dataset, model, TrainRecipe.from_dict(raw["pretrain"]), tuple(raw["targets"]),

@@ -8,23 +8,22 @@ networks. This module never prunes, copies or trains a model, and knows nothing 
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch_pruning.utils import op_counter
 
+from graphprune.budget import METRICS, Budget, parse_target  # noqa: F401 (re-exported)
 from graphprune.errors import GraphpruneError
 from graphprune.evaluate import evaluation_mode
 from graphprune.pruning import ChannelGroups, Mask
 from graphprune.root_channels import member_channels
-
-METRICS = ("flops", "params")
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -43,39 +42,6 @@ _REPRODUCED_COUNTERS = (
 )
 # Upper bound on input elements per traced batch, to keep the trace's memory moderate on big inputs.
 _TRACE_BATCH_ELEMENTS = 2**23
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Keep at most `ratio` of the unpruned network's `metric` ("flops" or "params"), ratio in (0, 1]."""
-
-    metric: str
-    ratio: float
-
-    def __post_init__(self):
-        if self.metric not in METRICS or not (0.0 < self.ratio <= 1.0):
-            raise GraphpruneError(
-                f"invalid budget {self.metric!r} {self.ratio!r}: the metric must be one of {', '.join(METRICS)} "
-                "and the ratio in (0, 1]"
-            )
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.ratio:g}"
-
-
-_TARGET_FORM = re.compile(r"(flops|params)(\d+(?:\.\d*)?|\.\d+)")
-
-
-def parse_target(target: str) -> Budget:
-    """Parse a target name such as `flops0.5` (keep at most 50% of FLOPs) or `params0.3`."""
-    match = _TARGET_FORM.fullmatch(target.strip())
-    ratio = float(match.group(2)) if match else math.nan
-    if not (0.0 < ratio <= 1.0):
-        raise GraphpruneError(
-            f"malformed budget target {target!r}: write flops<ratio> or params<ratio> with the ratio in (0, 1], "
-            "e.g. flops0.5 or params0.3"
-        )
-    return Budget(match.group(1), ratio)
 
 
 @dataclass(frozen=True)
@@ -164,6 +130,7 @@ class CostModel:
         self.min_counts: tuple[int, ...] = tuple(min(groups.min_channels, size) for size in groups.sizes)
         self.full_flops = self.flops(groups.sizes)
         self.full_params = self.params(groups.sizes)
+        self.latency: Any = None  # a latency.LatencyModel, set by `with_latency` for latency budgets
 
     def _counts(self, counts: Sequence[int] | np.ndarray) -> np.ndarray:
         vector = np.asarray(counts, dtype=np.int64)
@@ -179,13 +146,45 @@ class CostModel:
         """Parameters of the pruned network keeping `counts[g]` channels of group g."""
         return self._params(self._counts(counts))
 
-    def ratio(self, metric: str, counts: Sequence[int] | np.ndarray) -> float:
-        """`metric` ("flops" or "params") of the pruned network relative to the unpruned one."""
+    def with_latency(self, latency: Any) -> CostModel:
+        """Price the `latency` metric with `latency` (a `graphprune.latency.LatencyModel` of the same model and
+        groups); returns self."""
+        if tuple(latency.groups.sizes) != self.groups.sizes:
+            raise GraphpruneError("the latency model was built for other channel groups than this cost model")
+        self.latency = latency
+        return self
+
+    @property
+    def priced_metrics(self) -> tuple[str, ...]:
+        """The metrics this cost model can price now (latency only with a latency model)."""
+        return tuple(name for name in METRICS if name != "latency" or self.latency is not None)
+
+    def amount(self, metric: str, counts: Sequence[int] | np.ndarray) -> float:
+        """`metric` (a name in budget.METRICS) of the network pruned to `counts`, in its own unit."""
         if metric == "flops":
-            return self.flops(counts) / self.full_flops
+            return self.flops(counts)
         if metric == "params":
-            return self.params(counts) / self.full_params
+            return self.params(counts)
+        if metric == "latency":
+            return self._latency_model().seconds(self._counts(counts))
         raise GraphpruneError(f"unknown cost metric {metric!r}; use one of {', '.join(METRICS)}")
+
+    def full_amount(self, metric: str) -> float:
+        """`metric` of the unpruned network (latency: as the tables predict it, so that ratios are 1 there)."""
+        full = {"flops": self.full_flops, "params": self.full_params}
+        return full[metric] if metric in full else self.amount(metric, self.groups.sizes)
+
+    def ratio(self, metric: str, counts: Sequence[int] | np.ndarray) -> float:
+        """`metric` of the pruned network relative to the unpruned one."""
+        if metric == "latency":
+            return self._latency_model().ratio(self._counts(counts))
+        return self.amount(metric, counts) / self.full_amount(metric)
+
+    def _latency_model(self) -> Any:
+        if self.latency is None:
+            raise GraphpruneError("a latency budget needs a latency table of the network on its device "
+                                  "(CostModel.with_latency; the pipeline and graphprune.prune build it)")
+        return self.latency
 
     def of_mask(self, mask: Mask) -> tuple[int, int]:
         """(FLOPs, params) of the network pruned by `mask`."""
@@ -488,3 +487,11 @@ def measure_latency(
             model_s, reference_s = statistics.median(times["model"]), statistics.median(times["reference"])
             results[batch] = {"model_s": model_s, "reference_s": reference_s, "ratio": model_s / reference_s}
     return results
+
+
+def latency_model(model: nn.Module, groups: ChannelGroups, settings: Mapping[str, Any]):
+    """The latency table of `model` for a `search.latency` section (timed once, then read from its cache)."""
+    from graphprune.latency import LatencyModel
+
+    return LatencyModel(model, groups, settings["batch_size"], settings["device"], grid=settings["grid"],
+                        cache_dir=settings["cache_dir"])

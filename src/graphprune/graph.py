@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce
 
+from graphprune.budget import METRICS
 from graphprune.checkpoint import atomic_torch_save, load_checkpoint
 from graphprune.errors import GraphpruneError
 from graphprune.evaluate import evaluation_mode
@@ -36,7 +37,8 @@ from graphprune.pruning import ChannelGroups, GroupMember, build_dependency_grap
 from graphprune.root_channels import member_channels, per_root_channel
 
 if TYPE_CHECKING:
-    from graphprune.cost import CostModel
+    from graphprune.budget import METRICS
+from graphprune.cost import CostModel
 
 GRAPH_FORMAT = "graphprune.graph/1"
 
@@ -75,7 +77,8 @@ CHANNEL_FEATURES = (  # zero on layer nodes
     "has_bn",  # 1 if a BatchNorm writes the group's channels
     "bn_gamma", "bn_beta",  # of the group's first BatchNorm, / the largest |value| over all channels
     "act_mean", "act_std",  # calibration batch, at that BN's output (else the root's), / largest |value|
-    "flops_saved", "params_saved",  # removing one channel of the group, as a fraction of the full network's
+    # removing one channel of the group, as a fraction of the full network's, per analytic metric (flops, params)
+    *(f"{name}_saved" for name, metric in METRICS.items() if metric.graph_feature),
 )
 # The state, as stored: before any decision (decided 0, kept 1 on channel nodes, budget_left 0). The policy
 # zeroes these columns; they stay in the layout because its input width, and so its initial weights, count them.
@@ -501,14 +504,13 @@ def _channel_features(
         act_std.append(per_root_channel(stat, channel_std, mean=True))
 
     l1, l2 = torch.cat(l1), torch.cat(l2)
-    flops_saved, params_saved = _cost_saved(groups, cost)
     return torch.stack([
         _scaled_by_max(l1), _scaled_by_max(l2),
         torch.cat(l1_rank_group), _rank01(l1), torch.cat(l2_rank_group), _rank01(l2),
         torch.cat(has_bn),
         _scaled_by_max(torch.cat(gamma)), _scaled_by_max(torch.cat(beta)),
         _scaled_by_max(torch.cat(act_mean)), _scaled_by_max(torch.cat(act_std)),
-        flops_saved, params_saved,
+        *_cost_saved(groups, cost),
     ], dim=1)
 
 
@@ -564,15 +566,20 @@ def _activation_statistics(
     return statistics
 
 
-def _cost_saved(groups: ChannelGroups, cost: CostModel) -> tuple[Tensor, Tensor]:
-    """[C] each: FLOPs and params that removing one channel saves, as fractions of the full network's."""
-    flops, params = [], []
-    for group in groups.groups:
-        counts = list(groups.sizes)
-        counts[group.index] -= 1
-        flops.append(torch.full((group.size,), (cost.full_flops - cost.flops(counts)) / cost.full_flops))
-        params.append(torch.full((group.size,), (cost.full_params - cost.params(counts)) / cost.full_params))
-    return torch.cat(flops).float(), torch.cat(params).float()
+def _cost_saved(groups: ChannelGroups, cost: CostModel) -> list[Tensor]:
+    """[C] per graph-feature metric (budget.METRICS): the share of it that removing one channel saves."""
+    saved = []
+    for name, metric in METRICS.items():
+        if not metric.graph_feature:
+            continue
+        per_group = []
+        for group in groups.groups:
+            counts = list(groups.sizes)
+            counts[group.index] -= 1
+            full = cost.full_amount(name)
+            per_group.append(torch.full((group.size,), (full - cost.amount(name, counts)) / full))
+        saved.append(torch.cat(per_group).float())
+    return saved
 
 
 # ------------------------------------------------------------------------------------------------ edges

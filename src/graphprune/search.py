@@ -16,7 +16,7 @@ import torch
 
 from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment
-from graphprune.cost import CostModel, parse_target
+from graphprune.cost import CostModel, latency_model, parse_target
 from graphprune.data import load_splits
 from graphprune.errors import GraphpruneError
 from graphprune.graph import NetworkGraph
@@ -71,6 +71,8 @@ def run_search(config: Config, setup: PruningSetup, method: str, target: str, se
     search_dir = Path(paths.search_dir(method, target, seed))
     search_dir.mkdir(parents=True, exist_ok=True)
     budget = parse_target(target)
+    if budget.metric == "latency" and setup.cost.latency is None:
+        setup.cost.with_latency(latency_model(setup.model, setup.groups, experiment.search.latency))
     context = MethodContext(setup.model, setup.groups, setup.cost, setup.graph, setup.evaluator, seed=seed,
                             out_dir=search_dir, evaluations=experiment.search.evaluations)
     settings = experiment.method_settings(method)

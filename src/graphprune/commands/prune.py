@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "prune", help="prune a model with any method to a FLOPs/params budget (optionally fine-tune it)",
+        "prune", help="prune a model with any method to a FLOPs, params or latency budget (optionally fine-tune it)",
         description="Prune a model and write model.pt, mask.pt, metrics.json. Search methods need --data.",
     )
     parser.add_argument("--model", help="a zoo model (resnet20, resnet56, vgg16_bn, mobilenetv2, ...) or "
@@ -45,7 +45,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--in-channels", type=int, help="input channels (default 3, or --data's)")
     parser.add_argument("--num-classes", type=int, help="classes (default 10, or --data's)")
     parser.add_argument("--method", required=True, help=f"pruning method: {', '.join(available_methods())}")
-    parser.add_argument("--target", required=True, help="budget, e.g. flops0.5 (keep <= 50%% of FLOPs) or params0.3")
+    parser.add_argument("--target", required=True, help="budget, e.g. flops0.5 (keep <= 50%% of FLOPs), params0.3 or "
+                                                        "latency0.6 (of the latency at --budget-batch-size on --device)")
     parser.add_argument("--data", help="images for search methods and fine-tuning: a dataset name (digits, "
                                        "fashion_mnist, cifar10, ...) or imagefolder:DIR (DIR/<class>/<image>)")
     parser.add_argument("--data-root", default="data", help="where named datasets live (default %(default)s)")
@@ -63,6 +64,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--onnx", action="store_true", help="also export the pruned network to model.onnx")
+    parser.add_argument("--budget-batch-size", type=int, default=1,
+                        help="latency<ratio> targets: the batch size whose latency is budgeted (default 1)")
+    parser.add_argument("--latency-cache", help="folder of latency tables (default ~/.cache/graphprune/latency)")
     parser.add_argument("--latency-batch-sizes", default="1,64",
                         help="batch sizes to time, comma-separated (default %(default)s)")
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed runs per batch size (default 20)")
@@ -85,6 +89,8 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed, min_channels=args.min_channels, search_images=args.search_images, device=args.device,
         work_dir=args.out / "search", latency_batch_sizes=_batch_sizes(args.latency_batch_sizes),
         latency_repeats=args.latency_repeats, spec=spec,
+        latency={"batch_size": args.budget_batch_size, "device": "cuda" if args.device == "cuda" else "cpu",
+                 "cache_dir": args.latency_cache},
     )
     if args.finetune_epochs:
         recipe = {"lr": args.finetune_lr} if args.finetune_lr is not None else {}
@@ -96,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
     accuracy = "" if m.search_top1 is None else f", search top-1 {m.search_top1:.4f}"
     if m.search_top1_finetuned is not None:
         accuracy += f" ({m.search_top1_finetuned:.4f} fine-tuned)"
+    if m.predicted_latency_ratio is not None:
+        accuracy += f", predicted latency ratio {m.predicted_latency_ratio:.3f}"
     print(f"{spec.name} {m.method} {m.target}: {m.flops_ratio:.3f} of FLOPs, {m.params_ratio:.3f} of params"
           f"{accuracy}, latency ratio {latency or 'not measured'} -> {args.out}")
     return 0

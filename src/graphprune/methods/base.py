@@ -152,7 +152,7 @@ class PruningMethod(ABC):
             "method": self.name, "target": str(budget), "search_seconds": seconds, "notes": "", **result.record,
             "masks_evaluated": budgeted.masks_evaluated if budgeted else 0,
             "evaluations": context.evaluations if self.needs_evaluator else 0,
-            "flops_ratio": context.cost.ratio("flops", counts), "params_ratio": context.cost.ratio("params", counts),
+            **{f"{metric}_ratio": context.cost.ratio(metric, counts) for metric in context.cost.priced_metrics},
         }
         return MethodResult(result.mask, record)
 
