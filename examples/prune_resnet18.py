@@ -56,7 +56,7 @@ def test_accuracy(model: nn.Module, images) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--target", default="flops0.5", help="budget (default %(default)s)")
+    parser.add_argument("--target", default="latency0.6", help="budget (default %(default)s)")
     parser.add_argument("--method", default="gat_ppo")
     parser.add_argument("--evaluations", type=int, default=32, help="masks the agent may score")
     parser.add_argument("--train-images", type=int, default=10_000, help="training images used (of 54,000)")

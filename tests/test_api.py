@@ -140,3 +140,13 @@ def test_a_latency_budget_is_met_by_the_table_and_the_table_is_cached(model, tmp
     assert list((tmp_path / "tables").iterdir()) == tables and second.metrics.predicted_latency_ratio <= 0.95
     with pytest.raises(GraphpruneError, match="latency.batch_size: 0 is less than the minimum"):
         graphprune.prune(model, EXAMPLE, target="latency0.9", method="l1_uniform", latency={"batch_size": 0})
+
+
+@pytest.mark.parametrize("method", graphprune.api.available_methods())
+def test_every_method_meets_a_latency_budget(model, tmp_path, method):
+    data = graphprune.PruneData.split(images(100), search_size=20)
+    settings = {"episodes_per_iteration": 4, "num_envs": 2, "policy": {"hidden": 16}} if method == "gat_ppo" else None
+    result = graphprune.prune(model, EXAMPLE, target="latency0.95", method=method, data=data, evaluations=4,
+                              settings=settings, latency={"cache_dir": str(tmp_path / "tables")},
+                              latency_batch_sizes=())
+    assert result.metrics.predicted_latency_ratio <= 0.95

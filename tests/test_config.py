@@ -56,6 +56,13 @@ def test_schema_lists_exactly_the_loadable_datasets():
         ({"pretrain": {"epochs": 3, "epoch": 4}},
          "experiments.exp.pretrain: Additional properties are not allowed ('epoch' was unexpected)"),
         ({"pretrain": {"epochs": 3, "schedule": "linear"}}, "'linear' is not one of ['cosine', 'step']"),
+        ({"search": {"methods": {"gat_ppo": {"policy": {"encoder": "gta"}}}}},
+         "experiments.exp.search.methods.gat_ppo.policy: encoder must be one of ('gat', 'mlp'"),
+        ({"search": {"methods": {"amc": {"warmup": 3}}}},
+         "experiments.exp.search.methods.amc: unknown setting(s) warmup; it accepts: actor_lr"),
+        ({"methods": ["wide"], "variants": {"wide": {"method": "gat_ppo", "settings": {"reward": {"kind": "x"}}}}},
+         "experiments.exp.variants.wide.settings (over search.methods.gat_ppo).reward: reward kind must be one of"),
+        ({"targets": ["energy0.5"]}, "experiments.exp.targets.0: malformed budget target 'energy0.5'"),
     ],
 )
 def test_bad_config_names_the_key(changes, message):

@@ -5,6 +5,7 @@ import importlib
 import pytest
 
 from graphprune.errors import GraphpruneError
+from graphprune.method_settings import METHOD_SETTINGS
 from graphprune.methods import base
 
 
@@ -13,6 +14,7 @@ def test_every_indexed_method_registers_under_its_name(name):
     method = base.get_method(name)
     assert method.name == name
     assert isinstance(method, base.PruningMethod)
+    assert method.settings_type is METHOD_SETTINGS[name]  # the config checks settings with this table
 
 
 def test_every_registered_method_is_indexed():

@@ -4,7 +4,13 @@ The Python API (`graphprune.api`): `prune`, `finetune`, `save`, `load`, `PruneDa
 imported on first use, so `import graphprune.config` (Snakemake, the CLI's start-up) does not pay for torch.
 """
 
+import warnings
+
 __version__ = "0.1.0"
+
+# torch-geometric calls torch.jit.script at import, which torch 2.15 answers with a FutureWarning on every run:
+# noise a user can do nothing about (only this message is silenced).
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 _API = ("prune", "finetune", "save", "load", "PruneData", "PruneResult", "load_data")
 __all__ = ["__version__", *_API]

@@ -10,7 +10,6 @@ import argparse
 import importlib
 import logging
 import sys
-import warnings
 
 from graphprune import __version__
 from graphprune.errors import GraphpruneError
@@ -39,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# torch-geometric's pool module calls torch.jit.script at import, which torch 2.15 answers with a
-# FutureWarning on every run: noise a user can do nothing about.
-_THIRD_PARTY_NOISE = r"`torch\.jit\.script` is deprecated"
-
-
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message=_THIRD_PARTY_NOISE, category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -27,6 +27,7 @@ from graphprune.budget import parse_target
 from graphprune.datasets import DatasetInfo, DatasetSettings, dataset_info
 from graphprune.errors import GraphpruneError
 from graphprune.method_index import available_methods
+from graphprune.method_settings import METHOD_SETTINGS, parse_settings
 from graphprune.model_spec import ModelSpec
 from graphprune.paths import ResultPaths
 from graphprune.recipe import TrainRecipe
@@ -225,10 +226,23 @@ def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
         except GraphpruneError as exc:
             raise GraphpruneError(f"experiments.{name}.targets.{index}: {exc}") from exc
     seeds = tuple(raw["seeds"]) if raw["seeds"] is not None else (raw["seed"],)
-    return Experiment(
+    experiment = Experiment(
         name, raw["seed"], seeds, dataset, model, TrainRecipe.from_dict(raw["pretrain"]), tuple(raw["targets"]),
         tuple(raw["methods"]), variants, SearchSettings(**raw["search"]), TrainRecipe.from_dict(raw["finetune"]),
     )
+    _check_method_settings(experiment)
+    return experiment
+
+
+def _check_method_settings(experiment: Experiment) -> None:
+    """Parse every method's and variant's settings into their typed form now, so that a wrong nested key or value
+    fails when the config is loaded (before any job runs), naming its key path."""
+    prefix = f"experiments.{experiment.name}"
+    for method in {*experiment.search.methods, *experiment.methods, *experiment.variants}:
+        base = experiment.base_method(method)
+        where = (f"{prefix}.variants.{method}.settings (over search.methods.{base})" if method in experiment.variants
+                 else f"{prefix}.search.methods.{method}")
+        parse_settings(METHOD_SETTINGS[base], experiment.method_settings(method), where)
 
 
 def _check_methods(experiment: str, methods: list[str], settings: Mapping[str, Any],

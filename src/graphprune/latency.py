@@ -199,17 +199,18 @@ class LatencyModel:
       network weighted 10x (`_fit_remainder`);
     - "affine": scale 1, a and b (0 <= b <= remainder / e at full counts) through the unpruned network and
       the first pruned one; "scaled": scale 1, a = 0; "constant": scale 1, b = 0.
-    bench/latency_prediction.py compares them (docs/BENCHMARKS.md): "scaled" fails at batch 1, where the
-    remainder is mostly per-call overhead (ResNet-56: 11-14% off vs 3-5%), "affine" and "constant" fail
-    where the tables and the network disagree (MobileNetV2 at batch 64: predicted ratios below 0.1 for
-    measured 0.6), "fitted" holds in both. `ratio` divides by the prediction at full counts, so it is 1
-    there; `full_seconds` is the measured latency of the unpruned network.
+    bench/latency_prediction.py compares them (docs/BENCHMARKS.md, median error over 8 random masks):
+    "scaled" fails at batch 1, where the remainder is mostly per-call overhead (ResNet-56: 15.6% vs 1.3%
+    "fitted"); "affine" and "constant" fail most where tables and network disagree (MobileNetV2, batch 64,
+    default allocator: 34% and 49% vs 24%); "fitted" was best or within 0.6 points of the best in every case.
+    `ratio` divides by the prediction at full counts, so it is 1 there; `full_seconds` is the measured
+    latency of the unpruned network.
 
     **Timing.** `threads` intra-op threads while timing (default 1; None: torch's setting; restored
     afterwards), `warmup` untimed calls and `repeats` timed ones per knot, all knots of a table timed
     round-robin (`round_robin_times`). `clock` defaults to the thread's CPU time ("cpu") for one thread on the
-    CPU: on this 2-core machine shared with other jobs, wall time of a ResNet-56 forward pass was 2x its CPU
-    time (22 vs 10.5 ms) and never came within 65% of it, while CPU time varied by +-7%; elsewhere "wall".
+    CPU: on this 2-core machine shared with other jobs a ResNet-56 forward pass took 22 ms median wall time
+    (never under 17.5 ms) for 10.5 ms (+-7%) of CPU time; elsewhere "wall".
     The remaining drift of the machine's speed (a co-runner on the other hyperthread slowed a 16-channel conv
     from 5 to 13 ms of CPU time) is corrected per table by a probe, the model's heaviest layer at full widths,
     timed among each table's knots and among the networks. The model is copied to `device` for timing
@@ -317,8 +318,8 @@ class LatencyModel:
     # -- building -------------------------------------------------------------------------------------------
 
     def _measure(self, model: nn.Module, warmup: int, repeats: int) -> dict:
-        """Time every table with the probe layer among its points, then the full network, the calibration
-        network and the probe together; raw figures only (`_load` rescales the tables by the probe)."""
+        """Time every table with the probe layer among its knots, then the full network, the calibration
+        networks and the probe together; raw figures only (`_load` rescales and fits)."""
         probe = _probe(self.layers, self.groups.sizes, self.batch_size, self.device) if self.layers else None
         tables, probe_seconds = {}, {}
         for layer in self.layers:

@@ -15,7 +15,6 @@ This module never evaluates a mask over budget, never trains the network, and wr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -28,8 +27,8 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from torch import Tensor, nn
 
 from graphprune.cost import Budget, CostModel
-from graphprune.errors import GraphpruneError
 from graphprune.graph import topological_group_order, trace_layers
+from graphprune.method_settings import AmcSettings
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, counts_for_ratios, register
 from graphprune.methods.heuristics import filter_l1_scores
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
@@ -43,49 +42,10 @@ from graphprune.pruning import ChannelGroups
 STATE_FEATURES = ("index", "type", "in_width", "out_width", "stride", "kernel", "cost",
                   "reduced", "rest", "previous_action")
 STATIC_FEATURES = STATE_FEATURES[:7]
-REWARDS = ("acc", "acc_log_flops")
 # The published actor's and critic's last layers start uniform in [-INIT_W, INIT_W] (AMC `init_w`).
 INIT_W = 0.003
 
 
-@dataclass(frozen=True)
-class AmcSettings:
-    """Settings of `amc`; the defaults are the published code's except the search length.
-
-    The search runs until the experiment's `search.evaluations` distinct masks are scored (the published one
-    runs 800 episodes after 100 random warm-up ones). warmup_episodes: random episodes first (counted in it).
-    lower_bound: smallest keep ratio an action may ask for. reward: "acc" (search accuracy) or
-    "acc_log_flops" (-error * log(FLOPs)). replay_episodes: replay capacity in episodes (AMC `rmsize`, per
-    layer). noise_sigma, noise_decay: truncated-normal exploration, sigma * decay ** (episode - warm-up).
-    baseline_alpha: step of the moving average of minibatch rewards subtracted from the targets.
-    """
-
-    warmup_episodes: int = 50
-    lower_bound: float = 0.2
-    reward: str = "acc"
-    hidden: int = 300
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    tau: float = 0.01
-    gamma: float = 1.0
-    batch_size: int = 64
-    replay_episodes: int = 100
-    noise_sigma: float = 0.5
-    noise_decay: float = 0.95
-    baseline_alpha: float = 0.5
-
-    def __post_init__(self):
-        problems = []
-        if self.warmup_episodes < 0:
-            problems.append("warmup_episodes must be at least 0")
-        if not (0.0 < self.lower_bound <= 1.0):
-            problems.append("lower_bound must be in (0, 1]")
-        if self.reward not in REWARDS:
-            problems.append(f"reward must be one of {', '.join(REWARDS)}")
-        if min(self.hidden, self.batch_size, self.replay_episodes) < 1 or self.noise_sigma <= 0:
-            problems.append("hidden, batch_size and replay_episodes must be at least 1 and noise_sigma positive")
-        if problems:
-            raise GraphpruneError(f"invalid amc settings: {'; '.join(problems)}, got {self}")
 
 
 # --------------------------------------------------------------------------------------- the environment

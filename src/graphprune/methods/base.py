@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
 from graphprune.method_index import DEFAULT_EVALUATIONS, METHOD_MODULES, available_methods  # noqa: F401 (re-exported)
+from graphprune.method_settings import NoSettings, parse_settings
 from graphprune.pruning import ChannelGroups, Mask
 
 # Bisection steps on a continuous scale of keep ratios; 2**-50 is far below one channel of any real network.
@@ -101,11 +102,6 @@ class MethodResult:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class NoSettings:
-    """Settings of a method that has none."""
-
-
 class PruningMethod(ABC):
     """Something that returns a mask for (model, budget). Subclasses implement `choose` and declare their
     typed `settings_type` (a dataclass whose fields are the accepted settings, all with defaults)."""
@@ -123,7 +119,7 @@ class PruningMethod(ABC):
 
         Raises GraphpruneError for an impossible budget, unknown settings or a missing search evaluator.
         """
-        typed_settings = parse_settings(self.settings_type, settings, self.name)
+        typed_settings = parse_settings(self.settings_type, settings, f"settings of {self.name}")
         context.cost.check_feasible(budget)
         if self.needs_evaluator and context.evaluator is None:
             raise GraphpruneError(
@@ -168,24 +164,6 @@ def _check_result(name: str, context: MethodContext, budget: Budget, mask: Mask)
     if not context.cost.meets(budget, mask.counts):
         ratio = context.cost.ratio(budget.metric, mask.counts)
         raise RuntimeError(f"method {name} returned a mask over budget {budget} ({budget.metric} ratio {ratio:.4f})")
-
-
-def parse_settings(settings_type: type, settings: Mapping[str, Any] | object | None, method: str) -> Any:
-    """Build the typed settings of `method` from a mapping; unknown keys are a GraphpruneError listing the known."""
-    if settings is None:
-        return settings_type()
-    if isinstance(settings, settings_type):
-        return settings
-    if not isinstance(settings, Mapping):
-        raise TypeError(f"settings of {method} must be a mapping or {settings_type.__name__}, got {type(settings)}")
-    known = {f.name for f in dataclasses.fields(settings_type)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise GraphpruneError(
-            f"unknown setting(s) {', '.join(unknown)} for method {method}; "
-            f"it accepts: {', '.join(sorted(known)) or 'none'}"
-        )
-    return settings_type(**settings)
 
 
 # ------------------------------------------------------------------------------------------------ registry

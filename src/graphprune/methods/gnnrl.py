@@ -32,6 +32,7 @@ from torch_geometric.utils import to_undirected
 from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import trace_layers
+from graphprune.method_settings import GnnRlSettings
 from graphprune.methods.base import (
     EvaluationBudgetExhausted,
     MethodContext,
@@ -50,39 +51,6 @@ from graphprune.pruning import ChannelGroups
 DYNAMIC_LAYER_FEATURES = ("out_kept", "in_kept", "progress")
 
 
-@dataclass(frozen=True)
-class GnnRlSettings:
-    """Settings of `gnnrl`. The PPO values are the published code's (lr 3e-4, gamma 0.99, clip 0.2, 10 epochs
-    per update every 100 steps, value coefficient 0.5, entropy coefficient 0.01; encoder widths 50, actor 200).
-
-    The search runs until the experiment's `search.evaluations` distinct masks are scored (the published runs
-    use thousands of episodes), or `MAX_EPISODES_PER_EVALUATION` episodes per evaluation have ended.
-    """
-
-    max_steps: int = 5  # steps per episode before the -100 reward
-    action_std: float = 0.5  # fixed std of the Gaussian policy
-    min_keep: float = 0.1  # kept fractions are clipped to [min_keep, 1] after each step
-    lr: float = 3e-4
-    gamma: float = 0.99
-    eps_clip: float = 0.2
-    update_epochs: int = 10
-    update_every_steps: int = 100
-    vf_coef: float = 0.5
-    ent_coef: float = 0.01
-    hidden: int = 50  # GCN width of both levels
-    embedding: int = 50  # graph embedding width
-    actor_hidden: int = 200
-
-    def __post_init__(self):
-        problems = []
-        if self.max_steps < 1 or self.update_epochs < 1 or self.update_every_steps < 1:
-            problems.append("max_steps, update_epochs and update_every_steps must be at least 1")
-        if not (0.0 < self.min_keep <= 1.0) or self.action_std <= 0:
-            problems.append("min_keep must be in (0, 1] and action_std positive")
-        if min(self.hidden, self.embedding, self.actor_hidden) < 1:
-            problems.append("hidden, embedding and actor_hidden must be at least 1")
-        if problems:
-            raise GraphpruneError(f"invalid gnnrl settings: {'; '.join(problems)}")
 
 
 # ----------------------------------------------------------------------------------------------- the graph

@@ -10,7 +10,6 @@ Channel scores are read from the model's weights; nothing here trains, changes o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from graphprune.cost import Budget
-from graphprune.errors import GraphpruneError
+from graphprune.method_settings import RatioSearchSettings
 from graphprune.methods.base import (
     MethodContext,
     MethodResult,
@@ -79,16 +78,6 @@ class DepGraph(PruningMethod):
         return MethodResult(mask, {"notes": "Torch-Pruning GroupMagnitudeImportance (p=2, mean), global ranking"})
 
 
-@dataclass(frozen=True)
-class RatioSearchSettings:
-    """min_ratio: per-group keep ratios are drawn uniformly from [min_ratio, 1] before scaling to the budget.
-    The number of masks scored is the experiment's `search.evaluations`, as for every search method."""
-
-    min_ratio: float = 0.05
-
-    def __post_init__(self):
-        if not (0.0 < self.min_ratio <= 1.0):
-            raise GraphpruneError(f"ratio searches need min_ratio in (0, 1], got {self.min_ratio}")
 
 
 # Draws per evaluation before a ratio search gives up finding new masks (a tiny network may have fewer

@@ -11,8 +11,9 @@ import numpy as np
 from graphprune.cost import Budget
 from graphprune.errors import GraphpruneError
 from graphprune.graph import topological_group_order
+from graphprune.method_settings import AgentSettings
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
-from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
+from graphprune.methods.gat_ppo.agent import GatPpoSearch
 from graphprune.methods.heuristics import filter_l1_scores
 
 

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from graphprune.checkpoint import atomic_torch_save, atomic_write_text, load_che
 from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import NetworkGraph
+from graphprune.method_settings import AgentSettings
 from graphprune.methods.base import BudgetedEvaluator
 from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
 from graphprune.methods.gat_ppo.policy import (
@@ -40,11 +41,10 @@ from graphprune.methods.gat_ppo.policy import (
     IndependentBernoulli,
     JointBernoulli,
     KeepActor,
-    PolicySettings,
     RatioActor,
     gaussian_ratio,
 )
-from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
+from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, SelfCompetitionReward
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION
 from graphprune.pruning import Mask
 
@@ -61,62 +61,10 @@ ITERATION_COLUMNS = ("iteration", "episodes", "masks_evaluated", "sampled_mean",
 CHECKPOINT_NAME = "agent.pt"
 LOG_NAME = "log.csv"
 ITERATIONS_NAME = "iterations.csv"
-REPAIRS = ("agent", "l1")
 # Where the policy rates channels alike (at the start every keep probability is the same), filter L1 decides.
 L1_TIE_BREAK = 1e-6
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    """Search settings of `gat_ppo` (config: `search.methods.gat_ppo`). Defaults are sized for 2 CPU cores.
-    The search runs until the experiment's `search.evaluations` distinct masks are scored."""
-
-    episodes_per_iteration: int = 32
-    num_envs: int = 8
-    vector_env: str = "dummy"  # "dummy" (in-process) | "subprocess"
-    episode: str = "per_group"  # "per_group" | "one_shot"
-    feasibility_wall: bool = False  # cut a step's kept channels when the rest could no longer meet the budget
-    max_seconds: float | None = None  # stop after this much wall time (checked between iterations)
-    plateau_iterations: int | None = None  # stop when the best has not improved for this many iterations
-    lr: float = 1e-3
-    eps_clip: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    gae_lambda: float = 0.95
-    gamma: float = 1.0  # episodic, terminal reward only
-    update_repeats: int = 8
-    target_kl: float | None = None  # stop an update's epochs once the approximate KL passes this (CleanRL)
-    batch_size: int = 64
-    max_grad_norm: float = 0.5
-    lagrange_lr: float = 20.0
-    lagrange_tolerance: float = 0.001  # the mean overshoot allowed; 0.01 left most episodes slightly over
-    lagrange_max: float = 5.0  # a larger multiplier drove the policy to prune everything (measured)
-    repair: str = "agent"  # over-budget episodes drop the channels "agent" (its keep probabilities) or "l1" rates lowest
-    greedy_every: int = 1  # score the greedy policy every this many iterations (a diagnostic: no evaluation spent)
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    reward: RewardSettings = field(default_factory=RewardSettings)
-
-    def __post_init__(self):
-        # Nested sections arrive as mappings from the config.
-        if isinstance(self.policy, dict):
-            object.__setattr__(self, "policy", PolicySettings(**self.policy))
-        if isinstance(self.reward, dict):
-            object.__setattr__(self, "reward", RewardSettings(**self.reward))
-        if self.vector_env not in ("dummy", "subprocess"):
-            raise GraphpruneError(f"search.vector_env must be 'dummy' or 'subprocess', got {self.vector_env!r}")
-        if self.episode not in ("per_group", "one_shot"):
-            raise GraphpruneError(f"search.episode must be 'per_group' or 'one_shot', got {self.episode!r}")
-        if self.policy.action == "ratio" and self.episode != "per_group":
-            raise GraphpruneError("search.methods.gat_ppo: policy.action 'ratio' needs episode 'per_group'")
-        if self.episodes_per_iteration % self.num_envs:
-            raise GraphpruneError("search.episodes_per_iteration must be a multiple of search.num_envs")
-        if self.repair not in REPAIRS:
-            raise GraphpruneError(f"search.methods.gat_ppo.repair must be one of {', '.join(REPAIRS)}, got {self.repair!r}")
-        if self.greedy_every < 1:
-            raise GraphpruneError("search.methods.gat_ppo.greedy_every must be at least 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

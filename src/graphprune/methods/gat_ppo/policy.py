@@ -2,47 +2,32 @@
 
 The static graph (features, edges) lives here as buffers; each observation only carries the dynamic state
 (kept / decided per channel, budget features, step). No Python loop over nodes or states anywhere.
-The `mlp` encoder ablation replaces message passing by per-node layers, on the same code path.
+The `mlp` encoder ablation replaces message passing by per-node layers, on the same code path; the
+`gat_state` encoder (and its no-attention ablation `mean_state`) runs the message passing over the state too.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
+from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from graphprune.graph import NetworkGraph
+from graphprune.method_settings import PolicySettings
 from graphprune.methods.gat_ppo.env import BUDGET_FEATURES, EpisodeLayout
 
-PADDED_LOGIT = -1e4  # not -inf: log-prob and entropy of padded slots must stay finite (Tianshou pitfall 6)
-ENCODERS = ("gat", "mlp")
-ACTIONS = ("binary", "ratio")
-LOG_PROBS = ("mean", "joint")  # of a step's bits, for PPO's ratio: the per-bit mean or the sum (the joint)
+PADDED_LOGIT = -1e4  # not -inf: log-prob and entropy of padded slots must stay finite (docs/AGENT.md)
+# Message passing over the state at every step: with attention (gat_state) or a fixed mean (mean_state).
+STATE_ENCODERS = ("gat_state", "mean_state")
+STATE_WIDTH = 2 + len(BUDGET_FEATURES)  # a node's state: kept, decided, the budget features
+# The largest per-edge temporary of a state-aware GATv2 pass, in floats (4 MiB; see GraphEncoder._edge_blocks).
+EDGE_BLOCK_FLOATS = 1 << 20
 
 
-@dataclass(frozen=True)
-class PolicySettings:
-    encoder: str = "gat"
-    action: str = "binary"  # "ratio": one continuous keep ratio per group (ablation)
-    hidden: int = 32
-    heads: int = 2
-    layers: int = 2
-    # Keep logits start as prior_strength * (a channel's filter-L1 z-score within its group) around the budget's
-    # bias: first samples already favour strong filters, and the policy learns where to depart from them.
-    prior_strength: float = 2.0
-    log_prob: str = "joint"  # "mean" let a shift of every bit at once through the clip: the policy collapsed
-
-    def __post_init__(self):
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if self.action not in ACTIONS:
-            raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
-        if self.log_prob not in LOG_PROBS:
-            raise ValueError(f"log_prob must be one of {LOG_PROBS}, got {self.log_prob!r}")
 
 
 class IndependentBernoulli(torch.distributions.Independent):
@@ -50,7 +35,7 @@ class IndependentBernoulli(torch.distributions.Independent):
 
     - `log_prob` and `entropy` are the *mean* over the step's real (unpadded) bits, not the sum. With the sum,
       PPO's ratio is a product over up to W bits, so its clip lets each bit move by only about eps/W per
-      update and a 64-channel group barely learns (Tianshou pitfall 7); the mean clips per bit instead.
+      update and a 64-channel group barely learns (docs/AGENT.md); the mean clips per bit instead.
     - `mode` is defined at p = 0.5 (Bernoulli's is NaN there).
     """
 
@@ -85,12 +70,20 @@ class GraphEncoder(nn.Module):
 
     forward(obs) -> (h [B, N, H], budget [B, K]) where obs holds kept [B, C], decided [B, C], budget [B, K].
 
-    Two parts, so that a PPO minibatch of B states costs one attention pass, not B:
+    `gat` (default) and `mlp`: two parts, so that a PPO minibatch of B states costs one attention pass, not B:
     - static: `layers` GATv2 layers (multi-head, edge attributes) over the graph's static features, computed
       once per call for all states (the graph is the same network in every state);
     - dynamic: the state (kept, decided, budget left) diffused over the same edges for `layers` rounds of mean
       aggregation (one sparse product for the whole batch), so each node sees the decisions around it.
     A node's embedding is an MLP of both. The `mlp` ablation drops message passing from both parts.
+
+    `gat_state` (the paper's encoder) and `mean_state`: the state is part of every node's input, and the
+    `layers` message-passing layers run over the B states at every call (one pass for the whole batch, the
+    states along a batch axis of the one graph; see `_attention`). `gat_state` uses GATv2 attention, so the
+    attention weights see the decisions; `mean_state` is the same layers with every attention weight fixed to
+    1 / in-degree (GATv2's message with uniform weights), so `gat_state` vs `mean_state` isolates attention and
+    `gat_state` vs `gat` isolates state-aware attention. A node's embedding is an MLP of the layers' output and
+    its own state.
     """
 
     def __init__(self, graph: NetworkGraph, settings: PolicySettings):
@@ -106,10 +99,12 @@ class GraphEncoder(nn.Module):
         self.num_channels = graph.num_channel_nodes
         self.num_nodes = graph.num_nodes
         self.encoder = settings.encoder
+        self.state_aware = settings.encoder in STATE_ENCODERS
         self.rounds = settings.layers if settings.encoder == "gat" else 0
         hidden = settings.hidden
-        self.input = nn.Sequential(nn.Linear(data.x.shape[1], hidden), nn.ELU())
-        if settings.encoder == "gat":
+        inputs = data.x.shape[1] + (STATE_WIDTH if self.state_aware else 0)
+        self.input = nn.Sequential(nn.Linear(inputs, hidden), nn.ELU())
+        if settings.encoder in ("gat", "gat_state"):
             self.layers = nn.ModuleList(
                 GATv2Conv(hidden, hidden // settings.heads, heads=settings.heads, edge_dim=data.edge_attr.shape[1])
                 for _ in range(settings.layers)
@@ -117,10 +112,21 @@ class GraphEncoder(nn.Module):
         else:
             self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(settings.layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(settings.layers))
-        dynamic_width = (2 + len(BUDGET_FEATURES)) * (self.rounds + 1)
+        dynamic_width = STATE_WIDTH * (self.rounds + 1)
         self.combine = nn.Sequential(nn.Linear(hidden + dynamic_width, hidden), nn.ELU(), nn.LayerNorm(hidden))
         self.dynamic_width = dynamic_width
         self._static_cache: Tensor | None = None
+        self._state_cache: tuple | None = None  # (obs, key, [N, B, H]) of the last state-aware pass
+        if settings.encoder == "gat_state":
+            source, target, attributes = _attention_edges(data.edge_index, data.edge_attr.float(), graph.num_nodes)
+            self.register_buffer("attention_source", source, persistent=False)  # [E'] with one self-loop per node,
+            self.register_buffer("attention_target", target, persistent=False)  # sorted by target
+            self.register_buffer("attention_edge_attr", attributes, persistent=False)  # [E', A]
+            self._in_degree = np.bincount(target.numpy(), minlength=graph.num_nodes)
+            self._blocks: dict = {}
+        if settings.encoder == "mean_state":  # the neighbours GATv2 attends to: in-edges plus one self-loop
+            self.register_buffer("mean_aggregation", _mean_adjacency(remove_self_loops(data.edge_index)[0],
+                                                                     graph.num_nodes), persistent=False)
 
     def static_embedding(self) -> Tensor:
         """[N, H]: attention over the static graph (per-node layers for the `mlp` encoder).
@@ -137,6 +143,7 @@ class GraphEncoder(nn.Module):
 
     def forget_static(self) -> None:
         self._static_cache = None
+        self._state_cache = None
 
     def _attend(self) -> Tensor:
         h = self.input(self.x_static)
@@ -145,25 +152,111 @@ class GraphEncoder(nn.Module):
             h = norm(h + nn.functional.elu(update))  # residual keeps the node's own features in view
         return h
 
+    def state_embedding(self, obs, dynamic: Tensor) -> Tensor:
+        """[N, B, H]: the message-passing layers over every node's static features and state (`gat_state`,
+        `mean_state`), for the B states of `obs` in one pass; `dynamic` [B, N, D] is `state_views(obs)[0]`.
+
+        In a PPO minibatch the actor and then the critic ask for the same observation object: the second call
+        gets the first's result (and its autograd graph, so both losses reach the layers) as long as the
+        weights and the gradient mode are unchanged (an optimizer step bumps the weights' versions).
+        """
+        key = (torch.is_grad_enabled(), tuple(p._version for p in self.parameters()))
+        cached = self._state_cache
+        if cached is not None and cached[0] is obs and cached[1] == key:
+            return cached[2]
+        self._state_cache = None  # let the previous pass (and its graph) go before the next one is built
+        batch = dynamic.shape[0]
+        joined = torch.cat([self.x_static[:, None].expand(-1, batch, -1), dynamic.transpose(0, 1)], dim=-1)
+        h = self.input(joined)  # [N, B, H]: nodes first, so a node's rows of all states are one block
+        for layer, norm in zip(self.layers, self.norms, strict=True):
+            if self.encoder == "gat_state":
+                update = self._attention(layer, h)
+            else:  # GATv2's message with every attention weight 1 / in-degree: W * mean(neighbours) + b
+                update = torch.sparse.mm(self.mean_aggregation, layer(h).reshape(self.num_nodes, -1)).view_as(h)
+            h = norm(h + nn.functional.elu(update))
+        self._state_cache = (obs, key, h)
+        return h
+
+    def _attention(self, conv: GATv2Conv, x: Tensor) -> Tensor:
+        """`conv` over B states of the graph at once: x [N, B, F] -> [N, B, heads * C].
+
+        The same numbers as `conv` over PyG's mini-batch of the B disjoint copies (tested), laid out so that the
+        copies share one edge list: each edge gathers the rows of all B states at once, and the edge
+        attributes are projected once, not B times. The per-edge work runs in blocks of whole target nodes
+        (a node's softmax over its incoming edges stays in one block) of at most EDGE_BLOCK_FLOATS floats.
+        Rows move by index_select, index_add_ and split only (the softmax's maximum, a scatter_reduce_, is taken
+        on detached scores), so the backward pass is deterministic on CPU with several threads (tested).
+        """
+        nodes, batch = x.shape[:2]
+        heads, width = conv.heads, conv.out_channels
+        left = conv.lin_l(x).view(nodes, batch, heads, width)  # the message a source sends
+        right = conv.lin_r(x).view(nodes, batch, heads, width)  # the target's side of the attention score
+        edge = conv.lin_edge(self.attention_edge_attr).view(-1, 1, heads, width)
+        node_sizes, edge_sizes, targets = self._edge_blocks(batch * heads * width)
+        outputs = []
+        for s, x_i, e, t in zip(self.attention_source.split(edge_sizes), right.split(node_sizes),
+                                edge.split(edge_sizes), targets, strict=True):
+            x_j = left.index_select(0, s)  # gathered per block: one full-size gather was slower (measured)
+            hidden = nn.functional.leaky_relu(x_i.index_select(0, t) + x_j + e, conv.negative_slope)
+            score = (hidden * conv.att).sum(-1)  # [e, B, heads]
+            # Softmax over each target's incoming edges, as torch_geometric.utils.softmax computes it.
+            top = score.new_zeros(len(x_i), batch, heads).scatter_reduce_(
+                0, t[:, None, None].expand_as(score), score.detach(), "amax", include_self=False)
+            weight = (score - top.index_select(0, t)).exp()
+            total = weight.new_zeros(top.shape).index_add_(0, t, weight) + 1e-16
+            weight = weight / total.index_select(0, t)
+            outputs.append(x_j.new_zeros(x_i.shape).index_add_(0, t, x_j * weight[..., None]))
+        return torch.cat(outputs).view(nodes, batch, heads * width) + conv.bias
+
+    def _edge_blocks(self, floats_per_edge: int) -> tuple[list[int], list[int], list[Tensor]]:
+        """Blocks of consecutive target nodes, each with at most EDGE_BLOCK_FLOATS / floats_per_edge in-edges
+        (but at least one node): (nodes per block, edges per block, each block's edge targets numbered from
+        the block's first node). Larger temporaries were mmap'ed and handed back to the OS by glibc on every
+        free; faulting their pages in again made a 64-state pass about 5x slower (measured)."""
+        device = self.attention_target.device
+        key = (floats_per_edge, device)
+        if key not in self._blocks:
+            starts = np.concatenate([[0], np.cumsum(self._in_degree)])  # first in-edge of each node
+            limit = max(1, EDGE_BLOCK_FLOATS // floats_per_edge)
+            bounds = [0]
+            while bounds[-1] < self.num_nodes:
+                end = int(np.searchsorted(starts, starts[bounds[-1]] + limit, side="right")) - 1
+                bounds.append(min(max(end, bounds[-1] + 1), self.num_nodes))
+            edge_sizes = np.diff(starts[bounds]).tolist()
+            targets = [t - first for t, first in zip(self.attention_target.split(edge_sizes), bounds, strict=False)]
+            self._blocks[key] = (np.diff(bounds).tolist(), edge_sizes, targets)
+        return self._blocks[key]
+
     def forward(self, obs, nodes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Embeddings of `nodes` ([B, W] node ids per state; all nodes when None): ([B, W or N, H], budget [B, K]).
 
         Only the requested nodes go through the combining MLP: the actor needs the W channels of the step.
         """
         dynamic, budget = self.state_views(obs)
-        static = self.static_embedding()  # [N, H]
+        batch = dynamic.shape[0]
+        if self.state_aware:
+            per_state = self.state_embedding(obs, dynamic)  # [N, B, H]
+        else:
+            static = self.static_embedding()  # [N, H]
         if nodes is None:
-            joined = torch.cat([static[None].expand(dynamic.shape[0], -1, -1), dynamic], dim=-1)
+            nodes_first = per_state.transpose(0, 1) if self.state_aware else static[None].expand(batch, -1, -1)
+            joined = torch.cat([nodes_first, dynamic], dim=-1)
         else:
             picked = torch.gather(dynamic, 1, nodes[..., None].expand(-1, -1, dynamic.shape[-1]))  # [B, W, D']
             # index_select, not static[nodes]: the latter's backward (index_put_ with accumulate) adds in a
             # thread-timing-dependent order on CPU with more than one thread, so searches were not reproducible.
-            chosen = static.index_select(0, nodes.reshape(-1)).reshape(*nodes.shape, -1)  # [B, W, H]
-            joined = torch.cat([chosen, picked], dim=-1)
+            if self.state_aware:  # row of (node, state) in [N * B, H]
+                rows = nodes * batch + torch.arange(batch, device=nodes.device)[:, None]
+                chosen = per_state.reshape(-1, per_state.shape[-1]).index_select(0, rows.reshape(-1))
+            else:
+                chosen = static.index_select(0, nodes.reshape(-1))
+            joined = torch.cat([chosen.reshape(*nodes.shape, -1), picked], dim=-1)  # [B, W, H + D']
         return self.combine(joined), budget
 
     def state_views(self, obs) -> tuple[Tensor, Tensor]:
-        """The state diffused over the graph: ([B, N, D'] = kept, decided, budget after 0..rounds hops, [B, K])."""
+        """The state diffused over the graph: ([B, N, D'] = kept, decided, budget after 0..rounds hops, [B, K]).
+
+        The state encoders have no diffusion (rounds = 0): D' = D, the state itself."""
         device = self.x_static.device
         kept = torch.as_tensor(obs.kept, dtype=torch.float32, device=device)  # [B, C]
         decided = torch.as_tensor(obs.decided, dtype=torch.float32, device=device)  # [B, C]
@@ -190,6 +283,15 @@ def _mean_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
     values = 1.0 / degree[rows]
     indices = torch.stack([rows, cols])
     return torch.sparse_coo_tensor(indices, values, (num_nodes, num_nodes), check_invariants=True).coalesce()
+
+
+def _attention_edges(edge_index: Tensor, edge_attr: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The edges GATv2Conv attends over: self-loops replaced by one per node, whose attribute is the mean of
+    the node's incoming ones (fill_value 'mean'), sorted by target (stable): (source [E'], target [E'], [E', A])."""
+    edge_index, edge_attr = remove_self_loops(edge_index.long(), edge_attr)
+    edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=num_nodes)
+    order = torch.argsort(edge_index[1], stable=True)
+    return edge_index[0, order].contiguous(), edge_index[1, order].contiguous(), edge_attr[order].contiguous()
 
 
 class _StepActor(nn.Module):
@@ -283,8 +385,9 @@ def gaussian_ratio(parameters: tuple[Tensor, Tensor]) -> torch.distributions.Dis
 
 
 class GraphCritic(nn.Module):
-    """State value from a readout of the graph: mean + max over nodes of the static embedding and of the
-    diffused state, plus the budget features: [B, 1]. Pooling before the MLP keeps it O(B * N * D')."""
+    """State value from a readout of the graph: mean + max over nodes of the static embedding (of each state's
+    node embeddings for the state encoders, the actor's pass reused) and of the diffused state, plus the budget
+    features: [B, 1]. Pooling before the MLP keeps it O(B * N * D')."""
 
     def __init__(self, encoder: GraphEncoder, hidden: int):
         super().__init__()
@@ -294,6 +397,10 @@ class GraphCritic(nn.Module):
 
     def forward(self, obs, state=None, info=None) -> Tensor:
         dynamic, budget = self.encoder.state_views(obs)  # [B, N, D'], [B, K]
-        static = self.encoder.static_embedding()  # [N, H]
-        pooled_static = torch.cat([static.mean(0), static.amax(0)])[None].expand(dynamic.shape[0], -1)
+        if self.encoder.state_aware:
+            per_state = self.encoder.state_embedding(obs, dynamic)  # [N, B, H]
+            pooled_static = torch.cat([per_state.mean(0), per_state.amax(0)], dim=-1)
+        else:
+            static = self.encoder.static_embedding()  # [N, H]
+            pooled_static = torch.cat([static.mean(0), static.amax(0)])[None].expand(dynamic.shape[0], -1)
         return self.head(torch.cat([pooled_static, dynamic.mean(1), dynamic.amax(1), budget], dim=-1))

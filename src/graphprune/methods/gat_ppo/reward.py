@@ -18,23 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REWARDS = ("self_competition", "ranked", "absolute")
-
-
-@dataclass(frozen=True)
-class RewardSettings:
-    kind: str = "self_competition"
-    reference: str = "quantile"  # "best" | "quantile" (self_competition)
-    quantile: float = 0.9
-    window: int = 256  # recent accuracies kept for the spread, quantile and rank
-    spread_floor: float = 0.005
-    clip: float = 3.0
-
-    def __post_init__(self):
-        if self.kind not in REWARDS:
-            raise ValueError(f"reward kind must be one of {REWARDS}, got {self.kind!r}")
-        if self.reference not in ("best", "quantile"):
-            raise ValueError(f"reward reference must be 'best' or 'quantile', got {self.reference!r}")
+from graphprune.method_settings import RewardSettings
 
 
 class SelfCompetitionReward:
