@@ -1,12 +1,15 @@
 """Prune a torchvision ResNet-18 trained on Fashion-MNIST with the gat_ppo agent, fine-tune it, and measure it.
 
-    .venv/bin/python examples/prune_resnet18.py                  # about 10 minutes on 2 CPU cores
+    .venv/bin/python examples/prune_resnet18.py
+    .venv/bin/python examples/prune_resnet18.py --train-images 500 --epochs 1 --evaluations 4   # 5 min*
     .venv/bin/python examples/prune_resnet18.py --target flops0.5 --evaluations 64
 
 Steps: train the network briefly (your own training would go here), hold out part of the training images for
 the search, let the agent choose which channels to keep under the budget, remove them physically, fine-tune,
 and compare test accuracy and measured latency with the unpruned network. Needs Debian's
 `dataset-fashion-mnist` (or set download to true below on a machine with internet access).
+* measured on a 2-core CPU shared with other jobs (2026-12-01): 5 min 11 s, of which 226 s in graphprune.prune
+(latency table, graph, 4 evaluated masks); speed-up x1.59 at batch 1 for the latency0.6 budget.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def train_briefly(model: nn.Module, images, epochs: int, seed: int) -> None:
 
 
 def test_accuracy(model: nn.Module, images) -> float:
+    """Top-1 on held-out test images: only reported, never used by the search."""
     model.eval()
     correct = 0
     with torch.no_grad():
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     latency = measure_latency(result.model, model.eval(), (1, 28, 28), (1, 64), repeats=20)
     report = {
         "target": args.target, "flops_ratio": result.metrics.flops_ratio, "params_ratio": result.metrics.params_ratio,
+        "predicted_latency_ratio": result.metrics.predicted_latency_ratio,
         "search_top1": result.metrics.search_top1, "test_top1_full": test_accuracy(model, test),
         "test_top1_pruned": test_accuracy(result.model, test), "speedup_b1": 1 / latency[1]["ratio"],
         "speedup_b64": 1 / latency[64]["ratio"], "prune_seconds": search_seconds,

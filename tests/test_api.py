@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import graphprune
 from graphprune.errors import GraphpruneError
+from graphprune.method_index import available_methods
 from graphprune.pruning import ChannelMasker
 
 
@@ -142,7 +143,7 @@ def test_a_latency_budget_is_met_by_the_table_and_the_table_is_cached(model, tmp
         graphprune.prune(model, EXAMPLE, target="latency0.9", method="l1_uniform", latency={"batch_size": 0})
 
 
-@pytest.mark.parametrize("method", graphprune.api.available_methods())
+@pytest.mark.parametrize("method", available_methods())
 def test_every_method_meets_a_latency_budget(model, tmp_path, method):
     data = graphprune.PruneData.split(images(100), search_size=20)
     settings = {"episodes_per_iteration": 4, "num_envs": 2, "policy": {"hidden": 16}} if method == "gat_ppo" else None

@@ -32,7 +32,7 @@ from graphprune.config import dataset_settings, search_settings, stable_hash, tr
 from graphprune.cost import CostModel, latency_model, measure_latency, parse_target
 from graphprune.data import dataset_info, hold_out, image_folder, load_splits, search_count
 from graphprune.errors import GraphpruneError
-from graphprune.methods import MethodContext, available_methods, get_method  # noqa: F401 (listed for users)
+from graphprune.methods import MethodContext, get_method
 from graphprune.methods.base import DEFAULT_EVALUATIONS
 from graphprune.models import ModelSpec
 from graphprune.pruning import (
