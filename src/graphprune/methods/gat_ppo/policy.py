@@ -28,8 +28,6 @@ STATE_WIDTH = 2 + len(BUDGET_FEATURES)  # a node's state: kept, decided, the bud
 EDGE_BLOCK_FLOATS = 1 << 20
 
 
-
-
 class IndependentBernoulli(torch.distributions.Independent):
     """Independent keep bits [B, W] of one step, with two changes to the plain joint distribution:
 
