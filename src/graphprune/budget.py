@@ -1,6 +1,6 @@
 """The resources a budget can bound, in one table, and budgets themselves (`flops0.5`, `latency0.6`).
 
-Adding a metric: an entry in `METRICS` and its price in `CostModel` (cost.py, `_PRICES`); the target parser,
+Adding a metric: an entry in `METRICS` and its price in `CostModel.amount` (cost.py); the target parser,
 the config check, the search records (`<name>_ratio`) and the graph's cost features (`<name>_saved`, where
 `graph_feature`) read this table. Torch-free: the config code checks targets with it.
 """
