@@ -171,8 +171,11 @@ class CostModel:
 
     def full_amount(self, metric: str) -> float:
         """`metric` of the unpruned network (latency: as the tables predict it, so that ratios are 1 there)."""
-        full = {"flops": self.full_flops, "params": self.full_params}
-        return full[metric] if metric in full else self.amount(metric, self.groups.sizes)
+        if metric == "flops":  # the analytic totals are computed once, in __init__ (ratio is a hot path)
+            return self.full_flops
+        if metric == "params":
+            return self.full_params
+        return self.amount(metric, self.groups.sizes)
 
     def ratio(self, metric: str, counts: Sequence[int] | np.ndarray) -> float:
         """`metric` of the pruned network relative to the unpruned one."""
