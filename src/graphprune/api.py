@@ -32,6 +32,7 @@ from graphprune.config import dataset_settings, search_settings, stable_hash, tr
 from graphprune.cost import CostModel, latency_model, measure_latency, parse_target
 from graphprune.data import dataset_info, hold_out, image_folder, load_splits, search_count
 from graphprune.errors import GraphpruneError
+from graphprune.evaluate import evaluation_mode
 from graphprune.methods import MethodContext, get_method
 from graphprune.methods.base import DEFAULT_EVALUATIONS
 from graphprune.models import ModelSpec
@@ -296,15 +297,13 @@ def _input_shape(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, .
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 2:
         raise GraphpruneError("example_inputs must be a batch tensor [B, C, H, W] the model accepts, got "
                               f"{getattr(example_inputs, 'shape', type(example_inputs).__name__)}")
-    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        with torch.no_grad():
-            model.eval()(example_inputs[:1].to(next(model.parameters()).device))
+        with evaluation_mode(model), torch.no_grad():
+            model(example_inputs[:1].to(device))
     except Exception as exc:  # the user's forward pass: any failure means the inputs do not fit
         raise GraphpruneError(f"the model does not accept example_inputs of shape "
                               f"{list(example_inputs.shape)}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        model.train(was_training)
     return tuple(example_inputs.shape[1:])
 
 
