@@ -3,7 +3,7 @@
 #   tests/cluster/slurm.sh up       install slurm + munge if missing, write slurm.conf, start munged, slurmctld,
 #                                   slurmd; wait until the node is idle. A running cluster is left as it is.
 #   tests/cluster/slurm.sh down     stop exactly the daemons `up` started (PIDs from their pid files), remove
-#                                   the pid files. Fine when nothing runs.
+#                                   the pid files and the slurm.conf `up` wrote. Fine when nothing runs.
 #   tests/cluster/slurm.sh status   what runs, and sinfo; exit 0 if the cluster is up, 1 if not.
 # Needs root and no systemd (daemons are started by hand). No accounting database: Snakemake must track jobs
 # with `--slurm-status-command squeue` (sacct would hang, see profiles/slurm-local/config.yaml).
@@ -173,11 +173,18 @@ stop_pidfile() {   # stop_pidfile <name> <pidfile>: SIGTERM, wait up to 15 s, th
     rm -f "$file"
 }
 
+# With our slurm.conf left behind, every `scontrol` waits ~9 s for the stopped controller, and Snakemake's SLURM
+# plugin runs one on each start (`snakemake -n` 11 s instead of 2 s); without a conf it fails at once.
+remove_conf() {
+    if [[ -e $SLURM_CONF ]] && grep -qF "$MARKER" "$SLURM_CONF"; then rm -f "$SLURM_CONF"; fi
+}
+
 down() {
     [[ $EUID -eq 0 ]] || die "run as root"
     local t0=$EPOCHREALTIME
     if [[ ! -d $RUN_DIR ]] || [[ -z $(ls -A "$RUN_DIR") ]]; then
         log "no cluster started by this script is running"
+        remove_conf
         return
     fi
     # Jobs still queued or running would be orphaned (their processes outlive slurmd): cancel them first.
@@ -194,6 +201,7 @@ down() {
     stop_pidfile slurmctld "$CTLD_PID"
     stop_pidfile munged "$MUNGE_PID"
     rmdir "$RUN_DIR" 2>/dev/null || true
+    remove_conf
     log "$(printf '%-28s %6s s' "cluster down (total)" "$(since "$t0")")"
 }
 
