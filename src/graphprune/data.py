@@ -19,9 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from torchvision import transforms as T
 
 # The plain-data part (names, settings, shapes) lives in graphprune.datasets, without torch; re-exported here.
 from graphprune.datasets import KNOWN_DATASETS as KNOWN_DATASETS
@@ -31,6 +29,8 @@ from graphprune.datasets import check_known_dataset
 from graphprune.datasets import dataset_info as dataset_info
 from graphprune.errors import GraphpruneError
 
+# torchvision is imported inside the loaders that need it: importing it takes ~2 s (it loads torch._dynamo),
+# which digits, the default, does without.
 # The digits test split is fixed across settings so that every experiment reports on the same images.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
@@ -183,6 +183,8 @@ def _digits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
 
 
 def _cifar(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    import torchvision
+    from torchvision import transforms as T
     is_cifar10 = settings.name == "cifar10"
     dataset_class = torchvision.datasets.CIFAR10 if is_cifar10 else torchvision.datasets.CIFAR100
     folder = "cifar-10-batches-py" if is_cifar10 else "cifar-100-python"
@@ -208,6 +210,8 @@ def _cifar(settings: DatasetSettings, info: DatasetInfo) -> Splits:
 
 
 def _imagenet(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    import torchvision
+    from torchvision import transforms as T
     root = Path(settings.root)
     missing = [str(root / part) for part in ("train", "val") if not (root / part).is_dir()]
     if missing:
@@ -233,6 +237,8 @@ def image_folder(root: str | Path, in_channels: int, input_size: int) -> Dataset
     """A user's images in torchvision's ImageFolder layout (root/<class>/<image>), resized (shorter side) and
     centre-cropped to `input_size`, as RGB or grayscale (`in_channels` 3 or 1), normalised with ImageNet's
     statistics (RGB) or to [-1, 1] (grayscale): the usual inputs of torchvision classifiers."""
+    import torchvision
+    from torchvision import transforms as T
     root = Path(root)
     if not root.is_dir():
         raise GraphpruneError(f"image folder {root} does not exist (expected {root}/<class>/<image files>)")
@@ -294,6 +300,8 @@ def _decompress_atomically(source: Path, target: Path) -> None:
 
 
 def _fashion_mnist(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    import torchvision
+    from torchvision import transforms as T
     if not settings.download:
         prepare_fashion_mnist(settings.root)
     raw = Path(settings.root) / "FashionMNIST" / "raw"
@@ -314,7 +322,7 @@ def _fashion_mnist(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     normalize = NormalizeUint8(FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     augment = T.Compose([PadCropFlip(padding=2), normalize])  # = RandomCrop(28, padding=2) + horizontal flip
 
-    def tensors(dataset: torchvision.datasets.FashionMNIST, transform: Callable | None) -> TensorImages:
+    def tensors(dataset: Dataset, transform: Callable | None) -> TensorImages:
         return TensorImages(dataset.data.unsqueeze(1), dataset.targets, transform)
 
     return _split_train_pool(
@@ -323,6 +331,8 @@ def _fashion_mnist(settings: DatasetSettings, info: DatasetInfo) -> Splits:
 
 
 def _fake(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    import torchvision
+    from torchvision import transforms as T
     image_size = info.input_shape
 
     def fake(size: int, offset: int) -> Dataset:

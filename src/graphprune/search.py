@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,11 +20,13 @@ from graphprune.config import Config, Experiment
 from graphprune.cost import CostModel, latency_model, parse_target
 from graphprune.data import load_splits
 from graphprune.errors import GraphpruneError
-from graphprune.graph import NetworkGraph
 from graphprune.methods.base import MethodContext, get_method
 from graphprune.pruning import ChannelGroups, save_mask
 from graphprune.search_eval import SearchEvaluator, build_search_evaluator
 from graphprune.train import resolve_device
+
+if TYPE_CHECKING:
+    from graphprune.graph import NetworkGraph
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,20 @@ class PruningSetup:
     groups: ChannelGroups
     cost: CostModel
     evaluator: SearchEvaluator
-    graph: NetworkGraph | None
+    graph_file: Path  # written by `graphprune graph`
+
+    @cached_property
+    def graph(self) -> NetworkGraph | None:
+        """The network graph, if built; read on first use (loading it imports torch-geometric, ~3 s), so the
+        methods that do not read it never pay for it."""
+        from graphprune.graph import NetworkGraph
+
+        if not self.graph_file.exists():
+            return None
+        graph = NetworkGraph.load(self.graph_file)
+        if tuple(graph.group_sizes) != self.groups.sizes:
+            raise GraphpruneError(f"{self.graph_file} was built for another network; rerun `graphprune graph`")
+        return graph
 
 
 def load_setup(config: Config, experiment: Experiment, device: str | None = None) -> PruningSetup:
@@ -55,10 +71,7 @@ def load_setup(config: Config, experiment: Experiment, device: str | None = None
         calibration_batches=s.calibration_batches, calibration_batch_size=s.calibration_batch_size,
         recalibrate_bn=s.recalibrate_bn, seed=experiment.seed, device=torch_device,
     )
-    graph = NetworkGraph.load(paths.graph()) if Path(paths.graph()).exists() else None
-    if graph is not None and tuple(graph.group_sizes) != groups.sizes:
-        raise GraphpruneError(f"{paths.graph()} was built for another network; rerun `graphprune graph`")
-    return PruningSetup(experiment, model, groups, cost, evaluator, graph)
+    return PruningSetup(experiment, model, groups, cost, evaluator, Path(paths.graph()))
 
 
 def run_search(config: Config, setup: PruningSetup, method: str, target: str, seed: int) -> dict[str, Any]:
@@ -73,10 +86,12 @@ def run_search(config: Config, setup: PruningSetup, method: str, target: str, se
     budget = parse_target(target)
     if budget.metric == "latency" and setup.cost.latency is None:
         setup.cost.with_latency(latency_model(setup.model, setup.groups, experiment.search.latency))
-    context = MethodContext(setup.model, setup.groups, setup.cost, setup.graph, setup.evaluator, seed=seed,
+    pruning_method = get_method(experiment.base_method(method))
+    graph = setup.graph if pruning_method.needs_graph else None
+    context = MethodContext(setup.model, setup.groups, setup.cost, graph, setup.evaluator, seed=seed,
                             out_dir=search_dir, evaluations=experiment.search.evaluations)
     settings = experiment.method_settings(method)
-    result = get_method(experiment.base_method(method)).search(context, budget, settings)
+    result = pruning_method.search(context, budget, settings)
     record = {**result.record, "method": method, "base_method": experiment.base_method(method), "seed": seed,
               "search_top1": setup.evaluator(result.mask), "settings": settings, "threads": torch.get_num_threads(),
               "kept_per_group": list(result.mask.counts), "group_sizes": list(setup.groups.sizes),

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from graphprune.errors import GraphpruneError
@@ -50,6 +49,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 
 def _build_torchvision(spec: ModelSpec) -> nn.Module:
+    import torchvision  # here, not at the top: importing torchvision takes ~2 s (it loads torch._dynamo)
+
     arch = spec.name[len(TORCHVISION_PREFIX):]
     known = torchvision.models.list_models(module=torchvision.models)
     if arch not in known:

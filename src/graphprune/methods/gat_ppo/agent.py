@@ -220,7 +220,8 @@ class GatPpoSearch:
         first_episode = len(self.log_rows)
         with policy_within_training_step(self.algorithm.policy), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*should be larger than self.env_num.*")  # the last, short one
-            self.collector.collect(n_episode=episodes, reset_before_collect=True)
+            with torch.no_grad():  # Tianshou's Collector leaves gradients on; without them the encoder's
+                self.collector.collect(n_episode=episodes, reset_before_collect=True)  # static pass is cached
             t1 = time.perf_counter()
             overshoots = self._assign_rewards()
             self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size, repeat=s.update_repeats)
