@@ -22,6 +22,7 @@ import torch
 from common import machine_summary
 
 from graphprune.config import load_config
+from graphprune.report import learning_measures
 from graphprune.search import load_setup, run_search
 
 # name -> settings merged over the experiment's gat_ppo settings (the ablations of docs/AGENT.md)
@@ -88,14 +89,8 @@ def one_search(base_config, config, experiment: str, name: str, target: str, see
         iterations = pd.read_csv(copy.search_iterations(method, target, seed))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    quarter = max(1, len(iterations) // 4)
-    sampled = iterations["sampled_mean"]
-    drop = (sampled.cummax() - sampled).iloc[quarter:].max() if len(sampled) > quarter else 0.0
-    last = iterations.iloc[-quarter:]
-    return {"best": record["search_top1"], "greedy": record["greedy_policy_search_top1"],
-            "sampled_first": sampled.iloc[0], "sampled_last": sampled.iloc[-1], "collapse_drop": drop,
-            "repaired_last_quarter": last["repaired_share"].mean(), "multiplier": last["multiplier"].iloc[-1],
-            "masks": record["masks_evaluated"], "seconds": record["search_seconds"]}
+    return {**learning_measures(iterations, record), "masks": record["masks_evaluated"],
+            "seconds": record["search_seconds"]}
 
 
 if __name__ == "__main__":

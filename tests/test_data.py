@@ -3,6 +3,7 @@ import gzip
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -251,3 +252,14 @@ def test_cifar_test_split_yields_normalised_tensors(tmp_path, monkeypatch):
         images, labels = next(iter(make_loader(split, 4)))
         assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
     assert torch.allclose(images[:, 0], torch.tensor((128 / 255 - 0.4914) / 0.2470))
+
+
+def test_digits_are_read_exactly_as_scikit_learn_loads_them():
+    from sklearn.datasets import load_digits
+
+    from graphprune.data import digits_arrays
+
+    images, labels = digits_arrays()
+    digits = load_digits()
+    assert images.dtype == digits.images.dtype and np.array_equal(images, digits.images)
+    assert np.array_equal(labels, digits.target)

@@ -70,8 +70,9 @@ def test_old_homes_re_export_the_torch_free_definitions():
 
 def test_the_stages_of_a_heuristic_run_on_digits_import_no_torchvision_pyg_or_tianshou():
     """Each pipeline job is a process of its own; torchvision (~2 s, it loads torch._dynamo), torch-geometric
-    (~3 s) and Tianshou (~2 s) are imported only by the jobs that use them (graph, the RL methods, torchvision
-    datasets and models), not by pretraining, fine-tuning or the heuristics on digits."""
+    (~3 s), Tianshou (~2 s) and scikit-learn's datasets (~2 s) are imported only by the jobs that use them
+    (graph, the RL methods, torchvision datasets and models), not by pretraining, fine-tuning or the heuristics
+    on digits."""
     script = """
 import json, sys
 import graphprune.finetune, graphprune.pretrain, graphprune.search
@@ -85,7 +86,8 @@ load_splits(experiment.dataset)
 build_model(ModelSpec(name="resnet20", num_classes=10, in_channels=1, input_size=8))
 for method in ("l1_uniform", "random_search", "l1_ratio_search", "depgraph", "global_bn", "random"):
     get_method(method)
-print(json.dumps(sorted({name.split(".")[0] for name in sys.modules} & {"torchvision", "torch_geometric", "tianshou"})))
+skipped = {"torchvision", "torch_geometric", "tianshou", "sklearn"}
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules} & skipped)))
 """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True,

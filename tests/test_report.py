@@ -15,6 +15,7 @@ from graphprune.report import (
     VALUES,
     best_method_tests,
     collect_runs,
+    learning_measures,
     summarize,
     summary_markdown,
     write_report,
@@ -119,3 +120,18 @@ def test_a_missing_result_names_the_command_that_writes_it(finished_results):
     with pytest.raises(GraphpruneError,
                        match="graphprune finetune --experiment tiny --method gat_ppo --target flops0.5 --seed 1"):
         collect_runs(finished_results)
+
+
+def test_learning_measures_read_collapse_repair_and_the_greedy_gap_from_the_iterations():
+    # 8 iterations: the first quarter (2) is excluded from the collapse; the last quarter is the last 2.
+    iterations = pd.DataFrame({
+        "sampled_mean": [0.5, 0.9, 0.7, 0.95, 0.8, 0.9, 0.6, 0.93],  # after the first quarter: 0.95 - 0.6 = 0.35
+        "repaired_share": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.25, 0.0],
+        "multiplier": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 2.75],
+    })
+    measures = learning_measures(iterations, {"search_top1": 0.96, "greedy_policy_search_top1": 0.91})
+    assert measures["greedy_gap"] == pytest.approx(0.05)
+    assert measures["collapse_drop"] == pytest.approx(0.35)
+    assert measures["repaired_last_quarter"] == pytest.approx(0.125)
+    assert measures["multiplier"] == 2.75
+    assert (measures["sampled_first"], measures["sampled_last"]) == (0.5, 0.93)

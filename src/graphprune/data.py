@@ -10,6 +10,7 @@ it prepares under `root` from Debian's `dataset-fashion-mnist` package when they
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import shutil
 import uuid
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -165,12 +167,23 @@ def digits_split_indices(num_images: int, settings: DatasetSettings) -> tuple[li
     return [pool[i] for i in train], [pool[i] for i in search], test
 
 
-def _digits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
-    from sklearn.datasets import load_digits
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images [1797, 8, 8] float64, labels [1797] int): scikit-learn's digits, read from the file inside the
+    installed package as `sklearn.datasets.load_digits` reads it (same values, tested), without importing
+    `sklearn.datasets`, which costs ~2 s (SciPy and more) in every pipeline job on digits."""
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
+    if spec is None or spec.origin is None:
+        raise GraphpruneError("the digits dataset comes with scikit-learn: pip install scikit-learn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as compressed:
+        data = np.loadtxt(compressed, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1)  # [N, 1, 8, 8], values 0..16
-    labels = torch.tensor(digits.target, dtype=torch.long)
+
+def _digits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+    pixels, targets = digits_arrays()
+    images = torch.tensor(pixels, dtype=torch.float32).unsqueeze(1)  # [N, 1, 8, 8], values 0..16
+    labels = torch.tensor(targets, dtype=torch.long)
     train, search, test = digits_split_indices(len(labels), settings)
     # Statistics of the non-test images: independent of the search size and blind to the test images.
     mean, std = images[train + search].mean(), images[train + search].std()

@@ -201,6 +201,22 @@ def collect_iterations(config: Config) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*KEYS, "seed", "iteration"])
 
 
+def learning_measures(iterations: pd.DataFrame, record: dict[str, Any]) -> dict[str, float]:
+    """How one agent search learned, from its iterations.csv rows and search record (docs/AGENT.md): the best
+    mask's and the final greedy policy's search accuracy and their gap; the largest drop of the per-iteration
+    mean sampled accuracy below its running maximum after the first quarter of iterations (a collapse); in the
+    last quarter, the share of episodes that needed repair and the multiplier at the end."""
+    quarter = max(1, len(iterations) // 4)
+    sampled = iterations["sampled_mean"]
+    drop = float((sampled.cummax() - sampled).iloc[quarter:].max()) if len(sampled) > quarter else 0.0
+    last = iterations.iloc[-quarter:]
+    best, greedy = float(record["search_top1"]), float(record["greedy_policy_search_top1"])
+    return {"best": best, "greedy": greedy, "greedy_gap": best - greedy, "sampled_first": float(sampled.iloc[0]),
+            "sampled_last": float(sampled.iloc[-1]), "collapse_drop": drop,
+            "repaired_last_quarter": float(last["repaired_share"].mean()),
+            "multiplier": float(last["multiplier"].iloc[-1])}
+
+
 def _run_arguments(method: str, target: str, seed: int) -> str:
     return f"--method {method} --target {target} --seed {seed}"
 
