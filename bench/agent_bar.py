@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.stats import ttest_ind
 
 from graphprune.config import load_config
-from graphprune.report import learning_measures
+from graphprune.report import each_run, learning_measures
 
 CONTROLS = ("l1_ratio_search", "amc")
 MEASURES = ("greedy", "greedy_gap", "collapse_drop", "repaired_last_quarter", "multiplier")
@@ -45,24 +45,21 @@ def main() -> None:
 
 def collect(config_path: str) -> pd.DataFrame:
     """One row per finished search: its keys, search top-1, evaluations, seconds and, for agent searches,
-    the learning measures. Searches not run yet are skipped (and counted in the output)."""
-    config = load_config(config_path)
+    the learning measures. Searches not run yet are skipped (the table's n says how many ran)."""
     rows = []
-    for name, experiment in config.experiments.items():
-        paths = config.paths(name)
-        for method, target, seed in experiment.runs():
-            record_path = Path(paths.search_record(method, target, seed))
-            if not record_path.is_file():
-                continue
-            record = json.loads(record_path.read_text())
-            row = {"experiment": name, "method": method, "target": target, "seed": seed,
-                   "search_top1": record["search_top1"], "masks": record.get("masks_evaluated", 0),
-                   "seconds": record.get("search_seconds", float("nan"))}
-            iterations = Path(paths.search_iterations(method, target, seed))
-            if iterations.is_file() and "greedy_policy_search_top1" in record:
-                row.update({k: v for k, v in learning_measures(pd.read_csv(iterations), record).items()
-                            if k in MEASURES})
-            rows.append(row)
+    for name, paths, method, target, seed in each_run(load_config(config_path)):
+        record_path = Path(paths.search_record(method, target, seed))
+        if not record_path.is_file():
+            continue
+        record = json.loads(record_path.read_text())
+        row = {"experiment": name, "method": method, "target": target, "seed": seed,
+               "search_top1": record["search_top1"], "masks": record.get("masks_evaluated", 0),
+               "seconds": record.get("search_seconds", float("nan"))}
+        iterations = Path(paths.search_iterations(method, target, seed))
+        if iterations.is_file() and "greedy_policy_search_top1" in record:
+            row.update({k: v for k, v in learning_measures(pd.read_csv(iterations), record).items()
+                        if k in MEASURES})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -27,7 +27,10 @@ from graphprune.errors import GraphpruneError
 from graphprune.paths import REPORT_FIGURES, figure, significance_csv, summary_csv, summary_md
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from graphprune.config import Config
+    from graphprune.paths import ResultPaths
 
 KEYS = ["experiment", "method", "target"]
 # Summary columns after the keys, in table order; each is a mean over seeds, with `<name>_std` beside it.
@@ -152,19 +155,25 @@ def baselines(config: Config) -> dict[str, dict[str, Any]]:
             for name in config.experiments}
 
 
+def each_run(config: Config) -> Iterator[tuple[str, ResultPaths, str, str, int]]:
+    """(experiment name, its paths, method, target, seed) of every run the config asks for."""
+    for name, experiment in config.experiments.items():
+        paths = config.paths(name)
+        for method, target, seed in experiment.runs():
+            yield name, paths, method, target, seed
+
+
 def collect_records(config: Config) -> pd.DataFrame:
     """One row per (experiment, method, target, seed, channel group) from search/record.json: the group's root
     module, size and kept channels, groups in natural name order (close to depth order)."""
     rows = []
-    for name, experiment in config.experiments.items():
-        paths = config.paths(name)
-        for method, target, seed in experiment.runs():
-            record = _read_json(paths.search_record(method, target, seed),
-                                f"graphprune search --experiment {name} {_run_arguments(method, target, seed)}")
-            groups = zip(record["group_roots"], record["group_sizes"], record["kept_per_group"], strict=True)
-            for root, size, kept in sorted(groups, key=lambda group: _natural_key(group[0])):
-                rows.append({"experiment": name, "method": method, "target": target, "seed": seed, "group": root,
-                             "size": size, "kept": kept, "kept_fraction": kept / size})
+    for name, paths, method, target, seed in each_run(config):
+        record = _read_json(paths.search_record(method, target, seed),
+                            f"graphprune search --experiment {name} {_run_arguments(method, target, seed)}")
+        groups = zip(record["group_roots"], record["group_sizes"], record["kept_per_group"], strict=True)
+        for root, size, kept in sorted(groups, key=lambda group: _natural_key(group[0])):
+            rows.append({"experiment": name, "method": method, "target": target, "seed": seed, "group": root,
+                         "size": size, "kept": kept, "kept_fraction": kept / size})
     return pd.DataFrame(rows, columns=[*KEYS, "seed", "group", "size", "kept", "kept_fraction"])
 
 
@@ -172,19 +181,17 @@ def collect_search_logs(config: Config) -> pd.DataFrame:
     """Per-episode search accuracy of every search that wrote search/log.csv, with `best_search_top1` (the
     log's own best-so-far where it has one, else the running maximum)."""
     frames = []
-    for name, experiment in config.experiments.items():
-        paths = config.paths(name)
-        for method, target, seed in experiment.runs():
-            path = Path(paths.search_log(method, target, seed))
-            if not path.is_file():
-                continue  # methods that do not learn write no log
-            log = pd.read_csv(path)
-            if log.empty or not {"episode", "search_top1"} <= set(log.columns):
-                continue
-            if "best_search_top1" not in log.columns:
-                log["best_search_top1"] = log["search_top1"].cummax()
-            frames.append(log[["episode", "search_top1", "best_search_top1"]].assign(
-                experiment=name, method=method, target=target, seed=seed))
+    for name, paths, method, target, seed in each_run(config):
+        path = Path(paths.search_log(method, target, seed))
+        if not path.is_file():
+            continue  # methods that do not learn write no log
+        log = pd.read_csv(path)
+        if log.empty or not {"episode", "search_top1"} <= set(log.columns):
+            continue
+        if "best_search_top1" not in log.columns:
+            log["best_search_top1"] = log["search_top1"].cummax()
+        frames.append(log[["episode", "search_top1", "best_search_top1"]].assign(
+            experiment=name, method=method, target=target, seed=seed))
     columns = [*KEYS, "seed", "episode", "search_top1", "best_search_top1"]
     return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)
 
@@ -192,12 +199,10 @@ def collect_search_logs(config: Config) -> pd.DataFrame:
 def collect_iterations(config: Config) -> pd.DataFrame:
     """Every row of every search/iterations.csv (the agent's per-iteration statistics), with its run's keys."""
     frames = []
-    for name, experiment in config.experiments.items():
-        paths = config.paths(name)
-        for method, target, seed in experiment.runs():
-            path = Path(paths.search_iterations(method, target, seed))
-            if path.is_file():
-                frames.append(pd.read_csv(path).assign(experiment=name, method=method, target=target, seed=seed))
+    for name, paths, method, target, seed in each_run(config):
+        path = Path(paths.search_iterations(method, target, seed))
+        if path.is_file():
+            frames.append(pd.read_csv(path).assign(experiment=name, method=method, target=target, seed=seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*KEYS, "seed", "iteration"])
 
 
