@@ -13,6 +13,7 @@ Searches are exact for a seed and thread count, so a row reruns to the same numb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -82,7 +83,7 @@ def one_search(base_config, config, experiment: str, name: str, target: str, see
             if not Path(source).is_file():
                 raise SystemExit(f"{source} is missing: run `graphprune pretrain` and `graphprune graph` first")
             shutil.copy(source, target_path)
-        config = type(config)(config.source, str(scratch), config.device, config.experiments)
+        config = dataclasses.replace(config, results_dir=str(scratch))
         method = f"gat_ppo_{name}"
         setup = load_setup(config, config.experiment(experiment))
         record = run_search(config, setup, method, target, seed)

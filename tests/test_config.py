@@ -107,3 +107,13 @@ def test_resolved_config_round_trips(tmp_path):
     path = write_resolved_config(minimal_config(), tmp_path)
     assert write_resolved_config(minimal_config(), tmp_path) == path
     assert load_config(path) == config_from_dict(minimal_config(), source=path)
+
+
+def test_logs_dir_keeps_the_logs_of_configs_sharing_an_experiment_name_apart(repo_root):
+    default = config_from_dict(minimal_config())
+    assert default.logs_dir == "logs"
+    assert default.paths("exp").log("search", "gat_ppo", "flops0.5", 0) == "logs/exp/gat_ppo/flops0.5/seed0/search.log"
+    separate = config_from_dict({**minimal_config(), "logs_dir": "logs/bench"})
+    assert separate.paths("exp").log("pretrain") == "logs/bench/exp/pretrain.log"
+    assert separate.paths("exp").benchmark("pretrain") == "logs/bench/exp/pretrain.benchmark.tsv"
+    assert load_config(repo_root / "configs/fashion-resnet20.yaml").logs_dir == "logs/bench"

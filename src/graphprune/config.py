@@ -125,6 +125,7 @@ class Config:
     results_dir: str
     device: str
     experiments: Mapping[str, Experiment]
+    logs_dir: str = "logs"
 
     def experiment(self, name: str) -> Experiment:
         if name not in self.experiments:
@@ -134,7 +135,7 @@ class Config:
         return self.experiments[name]
 
     def paths(self, experiment: str) -> ResultPaths:
-        return ResultPaths(self.results_dir, experiment)
+        return ResultPaths(self.results_dir, experiment, self.logs_dir)
 
     def runs(self) -> list[tuple[str, str, str, int]]:
         """Every (experiment, method, target, seed) the pipeline searches and fine-tunes, in config order."""
@@ -156,7 +157,7 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
     """Validate a config mapping (a copy; the input is left as it is) and build the typed Config."""
     data = validate(data, "#", source)
     experiments = {name: _experiment(name, raw) for name, raw in data["experiments"].items()}
-    return Config(source, data["results_dir"], data["device"], experiments)
+    return Config(source, data["results_dir"], data["device"], experiments, data["logs_dir"])
 
 
 def train_recipe(raw: Mapping[str, Any], source: str = "train recipe") -> TrainRecipe:

@@ -26,7 +26,7 @@ os.environ[CONFIG_FILE_VARIABLE] = write_resolved_config(config, ".snakemake/gra
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 GRAPHPRUNE_CONFIG = config_from_dict(config, source=os.environ[CONFIG_FILE_VARIABLE])
 EXPERIMENTS = list(GRAPHPRUNE_CONFIG.experiments)
-RESULTS = ResultPaths(GRAPHPRUNE_CONFIG.results_dir, "{experiment}")
+RESULTS = ResultPaths(GRAPHPRUNE_CONFIG.results_dir, "{experiment}", GRAPHPRUNE_CONFIG.logs_dir)
 
 
 # Jobs that train or score networks declare a `gpu` resource only where a GPU may be used: the profile runs one

@@ -18,9 +18,9 @@ rule report:
             for name in REPORT_FIGURES
         },
     log:
-        report_log(),
+        report_log(GRAPHPRUNE_CONFIG.logs_dir),
     benchmark:
-        report_benchmark()
+        report_benchmark(GRAPHPRUNE_CONFIG.logs_dir)
     resources:
         mem_mb=4000,
         runtime=30,
