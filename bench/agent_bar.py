@@ -72,7 +72,7 @@ def render(runs: pd.DataFrame, controls: list[str]) -> list[str]:
         for method, seeds in group.groupby("method", sort=False):
             cells = [method, str(len(seeds)), _mean_std(100 * seeds["search_top1"]), f"{seeds['masks'].mean():.0f}",
                      f"{seeds['seconds'].mean():.0f}"]
-            if "greedy" in seeds and seeds["greedy"].notna().all():
+            if _is_agent(seeds):
                 cells += [_mean_std(100 * seeds["greedy"]), _mean_std(100 * seeds["greedy_gap"]),
                           f"{100 * seeds['collapse_drop'].max():.1f} (max)",
                           f"{seeds['repaired_last_quarter'].mean():.2f}", f"{seeds['multiplier'].mean():.2f}"]
@@ -86,7 +86,7 @@ def render(runs: pd.DataFrame, controls: list[str]) -> list[str]:
 def _comparisons(group: pd.DataFrame, controls: list[str]) -> list[str]:
     """Each agent method against each control: mean difference (pp), the larger seed spread, Welch's p."""
     lines = []
-    agents = [m for m, seeds in group.groupby("method", sort=False) if "greedy" in seeds and seeds["greedy"].notna().all()]
+    agents = [method for method, seeds in group.groupby("method", sort=False) if _is_agent(seeds)]
     for agent in agents:
         a = 100 * group.loc[group["method"] == agent, "search_top1"]
         for control in controls:
@@ -100,6 +100,11 @@ def _comparisons(group: pd.DataFrame, controls: list[str]) -> list[str]:
             lines.append(f"- {agent} vs {control}: {a.mean() - b.mean():+.2f} pp (seed spread {spread:.2f} pp, "
                          f"Welch p = {p:.3f}): {verdict}")
     return lines
+
+
+def _is_agent(seeds: pd.DataFrame) -> bool:
+    """Rows of a method whose searches logged the agent's learning measures."""
+    return "greedy" in seeds and seeds["greedy"].notna().all()
 
 
 def _mean_std(values: pd.Series) -> str:

@@ -263,3 +263,14 @@ def test_digits_are_read_exactly_as_scikit_learn_loads_them():
     digits = load_digits()
     assert images.dtype == digits.images.dtype and np.array_equal(images, digits.images)
     assert np.array_equal(labels, digits.target)
+
+
+def test_a_missing_digits_file_names_it_and_the_fix(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from graphprune.data import digits_arrays
+
+    fake_package = SimpleNamespace(origin=str(tmp_path / "sklearn" / "__init__.py"))
+    monkeypatch.setattr(graphprune.data.importlib.util, "find_spec", lambda name: fake_package)
+    with pytest.raises(GraphpruneError, match="digits.csv.gz is missing.*force-reinstall scikit-learn"):
+        digits_arrays()

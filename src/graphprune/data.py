@@ -175,6 +175,9 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     if spec is None or spec.origin is None:
         raise GraphpruneError("the digits dataset comes with scikit-learn: pip install scikit-learn")
     path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise GraphpruneError(f"the digits file {path} is missing from the installed scikit-learn; reinstall it: "
+                              "`.venv/bin/pip install --force-reinstall scikit-learn`")
     with gzip.open(path, "rt", encoding="utf-8") as compressed:
         data = np.loadtxt(compressed, delimiter=",")
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)

@@ -1,0 +1,46 @@
+"""How long each pipeline stage's module takes to import in a fresh interpreter (every job is a process of
+its own), beside torch alone and the heavy libraries a stage may avoid. Median and range of --repeats runs,
+interleaved; the ratio column is the stage's import time over torch's.
+
+    .venv/bin/python bench/import_time.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+from common import machine_summary
+
+MODULES = ("torch", "torchvision", "torch_geometric", "tianshou", "sklearn.datasets", "graphprune.pretrain",
+           "graphprune.finetune", "graphprune.search", "graphprune.methods.heuristics", "graphprune.methods.amc",
+           "graphprune.methods.gat_ppo")
+
+
+def import_seconds(module: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-W", "ignore", "-c", f"import {module}"], check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"machine: {machine_summary()}")
+    times: dict[str, list[float]] = {module: [] for module in MODULES}
+    for _ in range(args.repeats):
+        for module in MODULES:
+            times[module].append(import_seconds(module))
+    torch_median = statistics.median(times["torch"])
+    print("| module | median s | min-max s | / torch |\n|---|---|---|---|")
+    for module, seconds in times.items():
+        print(f"| {module} | {statistics.median(seconds):.2f} | {min(seconds):.2f}-{max(seconds):.2f} | "
+              f"{statistics.median(seconds) / torch_median:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
