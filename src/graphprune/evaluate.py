@@ -69,18 +69,28 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) ->
     fit. Only BN layers run in train mode, so dropout and the like stay deterministic; momenta and train/eval
     modes are restored afterwards, so a network trained next updates its statistics as usual.
     """
+    for bn in model.modules():
+        if isinstance(bn, BN_TYPES):
+            bn.reset_running_stats()
+    with batch_norm_calibration(model), torch.no_grad():
+        for batch in batches:
+            model(batch)
+
+
+@contextlib.contextmanager
+def batch_norm_calibration(model: nn.Module) -> Iterator[None]:
+    """For the block: every module in eval mode but BN layers, which accumulate a cumulative average of their
+    batch statistics (momentum None); modes and momenta are put back afterwards. Resetting the statistics
+    first is the caller's part (they may live outside the model: `sliced.SlicedNetwork`)."""
     bns = [m for m in model.modules() if isinstance(m, BN_TYPES)]
     modes = [(m, m.training) for m in model.modules()]
     momenta = [bn.momentum for bn in bns]
     try:
         model.eval()
         for bn in bns:
-            bn.reset_running_stats()
             bn.momentum = None  # cumulative average: every calibration batch weighs the same
             bn.train()
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
+        yield
     finally:
         for bn, momentum in zip(bns, momenta, strict=True):
             bn.momentum = momentum

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -348,10 +348,10 @@ def prune_model(model: nn.Module, groups: ChannelGroups, mask: Mask) -> nn.Modul
 AGREEMENT_BATCH = 8
 
 
-def masked_vs_pruned_difference(model: nn.Module, pruned: nn.Module, groups: ChannelGroups, mask: Mask,
-                                seed: int) -> float:
-    """Largest |masked(x) - pruned(x)| over a random batch in eval mode: 0 up to float rounding when pruning
-    is exact."""
+def masked_vs_pruned_difference(model: nn.Module, pruned: Callable[[torch.Tensor], torch.Tensor],
+                                groups: ChannelGroups, mask: Mask, seed: int) -> float:
+    """Largest |masked(x) - pruned(x)| over a random batch (`pruned`: the pruned network, or any function
+    standing for it): 0 up to float rounding when pruning is exact."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(AGREEMENT_BATCH, *groups.input_shape, generator=generator).to(_device_of(model))
     with torch.no_grad():

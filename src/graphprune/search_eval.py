@@ -1,4 +1,6 @@
-"""Search-time accuracy of a mask: masked forward on a fixed subset of the search split, cached by mask.
+"""Search-time accuracy of a mask: the pruned network's forward on a fixed subset of the search split, cached
+by mask. Where the model allows it the forward runs on sliced tensors (`sliced.SlicedNetwork`: the pruned
+network's cost), otherwise on the full network with pruned channels zeroed (`pruning.ChannelMasker`).
 
 Every candidate mask gets its own batch-norm statistics from a few fixed training batches before it is scored
 (BN recalibration, on by default): without it every pruned network scores near chance and an accuracy
@@ -8,6 +10,8 @@ the distinct masks a search scores are counted by `methods.base.BudgetedEvaluato
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +20,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from graphprune.evaluate import BN_TYPES, evaluation_mode, recalibrate_batch_norm
 from graphprune.pruning import ChannelGroups, ChannelMasker, Mask
+from graphprune.sliced import SlicedNetwork
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,32 +40,48 @@ class SearchEvaluator:
     calibration: list[torch.Tensor]
     recalibrate_bn: bool = True
     batch_size: int = 1024
+    sliced: bool = True  # False: always the masked forward (the two agree; tested)
 
     def __post_init__(self):
         self._cache: dict[str, float] = {}
         self._bns = [m for m in self.model.modules() if isinstance(m, BN_TYPES)]
+        self._sliced = None
+        if self.sliced and SlicedNetwork.supports(self.model, self.groups):
+            sliced = SlicedNetwork(self.model, self.groups)
+            if sliced.agrees_with_masking():
+                self._sliced = sliced
+            else:
+                log.warning("%s: sliced forward differs from the masked one; scoring masks by masking (slower)",
+                            type(self.model).__name__)
 
     def __call__(self, mask: Mask) -> float:
         key = mask.key()
-        if key in self._cache:
-            return self._cache[key]
+        if key not in self._cache:
+            self._cache[key] = self._sliced_accuracy(mask) if self._sliced else self._masked_accuracy(mask)
+        return self._cache[key]
+
+    def _sliced_accuracy(self, mask: Mask) -> float:
+        with evaluation_mode(self.model), torch.no_grad():
+            tensors = (self._sliced.recalibrated(mask, self.calibration) if self.recalibrate_bn
+                       else self._sliced.tensors(mask))
+            return self._accuracy(lambda images: self._sliced.forward(tensors, images))
+
+    def _masked_accuracy(self, mask: Mask) -> float:
         # recalibrate_batch_norm puts momentum and modes back itself; the statistics are restored here.
         saved = [_bn_buffers(bn) for bn in self._bns] if self.recalibrate_bn else []
         try:
             with evaluation_mode(self.model), ChannelMasker(self.model, self.groups, mask), torch.no_grad():
                 if self.recalibrate_bn:
                     recalibrate_batch_norm(self.model, self.calibration)
-                accuracy = self._accuracy()
+                return self._accuracy(self.model)
         finally:
             for bn, state in zip(self._bns, saved, strict=False):
                 _restore_bn(bn, state)
-        self._cache[key] = accuracy
-        return accuracy
 
-    def _accuracy(self) -> float:
+    def _accuracy(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> float:
         correct = 0
         for start in range(0, len(self.labels), self.batch_size):
-            logits = self.model(self.images[start:start + self.batch_size])
+            logits = forward(self.images[start:start + self.batch_size])
             correct += (logits.argmax(1) == self.labels[start:start + self.batch_size]).sum().item()
         return correct / len(self.labels)
 
