@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from tianshou.data import Batch
 from torch import nn
 
 from graphprune.cost import CostModel, parse_target
@@ -131,6 +132,51 @@ def test_min_channels_are_forced(toy):
     assert min(counts) >= 1
 
 
+@pytest.mark.parametrize("target", ["flops0.3", "flops0.6"])
+def test_keep_to_budget_is_the_largest_uniform_keep_that_meets_the_budget(toy, target):
+    _, groups, cost, _, _ = toy
+    env = make_env(toy, target)
+    budget, sizes = parse_target(target), np.asarray(groups.sizes)
+    obs, _ = env.reset()
+    first_step = np.r_[np.ones(3), np.zeros(env.action_space.n - 3)]  # keeps 3 of the first group's channels
+    for action in (None, first_step):
+        if action is not None:
+            obs, *_ = env.step(action)
+        q = float(obs["keep_to_budget"][0])
+        assert q == pytest.approx(env.keep_to_budget()) and 0.0 < q < 1.0
+
+        def counts(keep, sizes=sizes, done=env._counts_now):
+            return done(np.maximum(1, np.rint(keep * sizes).astype(np.int64)))
+
+        assert cost.meets(budget, counts(q))
+        assert not cost.meets(budget, counts(min(1.0, q + 1 / 12)))  # one channel more per group: over
+    # Fewer channels kept so far leave more for the rest.
+    assert env.keep_to_budget() > make_env(toy, target).reset()[0]["keep_to_budget"][0] or target == "flops0.6"
+
+
+def test_budget_prior_starts_every_keep_probability_at_keep_to_budget(toy, tmp_path):
+    """Untrained (zero last layers), the budget prior's logits are logit(q) + the L1 prior: with no L1 prior,
+    every channel of a step is kept with probability q, at the first step and after an over-generous one."""
+    model, groups, cost, evaluator, graph = toy
+    settings = small_settings(policy={"budget_prior": True, "prior_strength": 0.0})
+    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.3"),
+                          BudgetedEvaluator(evaluator, 16), [np.ones(s) for s in groups.sizes], settings, seed=3,
+                          out_dir=tmp_path)
+    try:
+        env = search.make_env()
+        obs, _ = env.reset()
+        for step in range(2):
+            with torch.no_grad():
+                out = search.algorithm.policy(Batch(obs=Batch({k: v[None] for k, v in obs.items()}), info={}))
+            q = float(obs["keep_to_budget"][0])
+            probabilities = torch.sigmoid(out.logits[0, : groups.sizes[step]])
+            assert torch.allclose(probabilities, torch.full_like(probabilities, q), atol=1e-5)
+            obs, *_ = env.step(np.ones(env.action_space.n))  # keeps the whole group: less left for the rest
+        assert float(obs["keep_to_budget"][0]) < q
+    finally:
+        search.close()
+
+
 def test_one_shot_layout_decides_everything_in_one_step(toy):
     _, groups, _, _, _ = toy
     layout = EpisodeLayout.one_shot(groups.sizes, range(len(groups)))
@@ -240,7 +286,8 @@ def test_checkpoint_of_other_settings_starts_over(toy, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "log.csv"), pd.read_csv(tmp_path / "fresh" / "log.csv"))
 
 
-@pytest.mark.parametrize("policy", [{}, {"encoder": "mlp"}, {"action": "ratio"}], ids=["gat", "mlp", "ratio"])
+@pytest.mark.parametrize("policy", [{}, {"encoder": "mlp"}, {"action": "ratio"}, {"budget_prior": True}],
+                         ids=["gat", "mlp", "ratio", "budget_prior"])
 def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path, policy):
     """Every ablation switch runs through the same method, loop and checks."""
     model, groups, cost, evaluator, graph = toy

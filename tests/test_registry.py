@@ -37,3 +37,11 @@ def test_config_naming_an_unknown_method_is_a_clear_error():
     config["experiments"]["digits-resnet20"]["methods"] = ["l1_uniform", "magic"]
     with pytest.raises(GraphpruneError, match=r"experiments.digits-resnet20.methods: unknown method 'magic'"):
         config_from_dict(config)
+
+
+def test_search_priority_names_real_methods_and_puts_the_long_searches_first():
+    from graphprune.method_index import SEARCH_PRIORITY, search_priority
+
+    assert set(SEARCH_PRIORITY) <= set(base.METHOD_MODULES)
+    assert search_priority("amc") > search_priority("gnnrl") > search_priority("l1_ratio_search") > 0
+    assert search_priority("l1_uniform") == 0  # one-shot heuristics: as short as a fine-tuning

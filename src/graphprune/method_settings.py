@@ -124,6 +124,9 @@ class PolicySettings:
     # Keep logits start as prior_strength * (a channel's filter-L1 z-score within its group) around the budget's
     # bias: first samples already favour strong filters, and the policy learns where to depart from them.
     prior_strength: float = 2.0
+    # Add logit(q) to every keep logit, q the keep fraction of the undecided groups that lands the mask on the
+    # budget (recomputed at every step), instead of a constant start at logit(sqrt(budget)).
+    budget_prior: bool = False
     log_prob: str = "joint"  # "mean" let a shift of every bit at once through the clip: the policy collapsed
 
     def __post_init__(self):

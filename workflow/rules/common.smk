@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from graphprune.config import CONFIG_FILE_VARIABLE, config_from_dict, write_resolved_config
+from graphprune.method_index import search_priority
 from graphprune.paths import ResultPaths
 
 

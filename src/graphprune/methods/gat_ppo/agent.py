@@ -108,8 +108,9 @@ class GatPpoSearch:
         binary = settings.policy.action == "binary"
         prior = settings.policy.prior_strength * np.concatenate([_z_scores(np.log(np.maximum(g, 1e-12)))
                                                                  for g in self.l1_scores])
-        actor = (KeepActor if binary else RatioActor)(encoder, self.layout, budget.ratio, settings.policy.hidden,
-                                                      channel_prior=prior)
+        actor = (KeepActor(encoder, self.layout, budget.ratio, settings.policy.hidden, channel_prior=prior,
+                           budget_prior=settings.policy.budget_prior) if binary
+                 else RatioActor(encoder, self.layout, budget.ratio, settings.policy.hidden))
         critic = GraphCritic(encoder, settings.policy.hidden)
         probe = make_env()
         self.encoder = encoder

@@ -25,6 +25,7 @@ from graphprune.methods.base import remove_to_budget
 from graphprune.pruning import Mask
 
 BUDGET_FEATURES = ("budget", "cost_ratio", "min_cost_ratio", "to_remove", "progress", "kept_fraction")
+KEEP_TO_BUDGET_STEPS = 12  # bisection steps of keep_to_budget: 1/4096, finer than one channel of any group
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class PruningEnv(gym.Env):
     """Channel-pruning CMDP. Observation (all float32 but `step`):
 
     kept [C], decided [C]: flat channel state; step: index of the current step; budget [len(BUDGET_FEATURES)];
-    action_mask [W]: 1 where an action slot maps to a channel this step.
+    action_mask [W]: 1 where an action slot maps to a channel this step; keep_to_budget [1]: the one keep
+    fraction of every undecided group that lands the mask on the budget (`keep_to_budget()`; read by the
+    policy's budget prior, not part of `budget`).
     """
 
     metadata = {"render_modes": []}
@@ -92,6 +95,7 @@ class PruningEnv(gym.Env):
             "step": gym.spaces.Box(0, self.num_steps, (1,), np.int64),
             "budget": gym.spaces.Box(-1.0, 1.0, (len(BUDGET_FEATURES),), np.float32),  # ratios and differences
             "action_mask": gym.spaces.MultiBinary(width),  # which channels the step decides
+            "keep_to_budget": gym.spaces.Box(0.0, 1.0, (1,), np.float32),
         })
         # binary: keep bits padded to the widest step; ratio (ablation): the fraction of the group to keep.
         self.action_space = (gym.spaces.MultiBinary(width) if action == "binary"
@@ -223,7 +227,31 @@ class PruningEnv(gym.Env):
         return {
             "kept": self.kept.astype(np.float32), "decided": self.decided.astype(np.float32),
             "step": np.array([self.t], dtype=np.int64), "budget": budget, "action_mask": action_mask,
+            "keep_to_budget": np.array([self.keep_to_budget()], dtype=np.float32),
         }
+
+    def keep_to_budget(self) -> float:
+        """The keep fraction q in [0, 1] such that the decided groups as decided and every undecided group at
+        round(q * size) channels (at least its minimum) meet the budget with the least room to spare: 1 when
+        keeping everything still meets it, 0 when even the minimum does not. Bisection on the analytic cost
+        (it never falls as q grows), to 1/2^12."""
+        sizes = np.asarray(self.layout.sizes)
+        if self.t >= self.num_steps:
+            return 0.0
+
+        def meets(q: float) -> bool:
+            return self.cost.meets(self.budget, self._counts_now(np.maximum(self._min_counts,
+                                                                             np.rint(q * sizes).astype(np.int64))))
+
+        if meets(1.0):
+            return 1.0
+        low, high = 0.0, 1.0
+        if not meets(low):
+            return 0.0
+        for _ in range(KEEP_TO_BUDGET_STEPS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if meets(middle) else (low, middle)
+        return low
 
     def _info(self, **final) -> dict:
         # The same keys at every step, so Tianshou can stack infos into its buffer.

@@ -20,6 +20,7 @@ from graphprune.graph import NetworkGraph
 from graphprune.method_settings import PolicySettings
 from graphprune.methods.gat_ppo.env import BUDGET_FEATURES, EpisodeLayout
 
+BUDGET_PRIOR_CLIP = 0.02  # the budget prior's keep fraction stays in [0.02, 0.98]: logits within +-3.9
 PADDED_LOGIT = -1e4  # not -inf: log-prob and entropy of padded slots must stay finite (docs/AGENT.md)
 # Message passing over the state at every step: with attention (gat_state) or a fixed mean (mean_state).
 STATE_ENCODERS = ("gat_state", "mean_state")
@@ -340,12 +341,15 @@ class KeepActor(_StepActor):
     """
 
     def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int,
-                 channel_prior: np.ndarray | None = None):
+                 channel_prior: np.ndarray | None = None, budget_prior: bool = False):
         super().__init__(encoder, layout, budget_ratio, hidden, channel_prior)
         self.group_head = nn.Sequential(nn.Linear(hidden + len(BUDGET_FEATURES), hidden), nn.ELU(),
                                         nn.Linear(hidden, 1))
         nn.init.zeros_(self.group_head[-1].weight)
         nn.init.zeros_(self.group_head[-1].bias)
+        self.budget_prior = budget_prior
+        if budget_prior:  # the prior, not a constant bias, places the first samples at the budget
+            nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, obs, state=None, info=None) -> tuple[Tensor, None]:
         chosen, valid, budget = self.step_embeddings(obs)  # [B, W, H], [B, W], [B, K]
@@ -354,7 +358,18 @@ class KeepActor(_StepActor):
         pooled = (chosen * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
         group = self.group_head(torch.cat([pooled, budget], dim=-1))  # [B, 1]
         logits = self.head(features).squeeze(-1) + group + self.channel_prior[self.step_nodes(obs).clamp(min=0)]
+        if self.budget_prior:
+            logits = logits + _budget_logit(obs.keep_to_budget, logits.device)
         return logits.masked_fill(~valid, PADDED_LOGIT), state
+
+
+def _budget_logit(keep_to_budget, device: torch.device) -> Tensor:
+    """[B, 1]: logit of the keep fraction that lands the rest of the episode on the budget (clipped away from 0
+    and 1, so the policy can still depart from it): a prior that tracks the budget along the episode, so
+    groups decided after an over-generous start keep fewer channels."""
+    q = torch.as_tensor(keep_to_budget, dtype=torch.float32, device=device).reshape(-1, 1)
+    q = q.clamp(BUDGET_PRIOR_CLIP, 1 - BUDGET_PRIOR_CLIP)
+    return torch.log(q / (1 - q))
 
 
 class RatioActor(_StepActor):
@@ -364,8 +379,7 @@ class RatioActor(_StepActor):
     and keeps that fraction of the group's most important channels. Same encoder, same training loop.
     """
 
-    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int,
-                 channel_prior: np.ndarray | None = None):
+    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int):
         super().__init__(encoder, layout, budget_ratio, hidden)  # the ratio action keeps the top-L1 channels
         self.log_std = nn.Parameter(torch.full((1,), math.log(0.15)))
 
