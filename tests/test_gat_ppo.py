@@ -11,12 +11,18 @@ from tianshou.data import Batch
 from torch import nn
 
 from graphprune.cost import CostModel, parse_target
+from graphprune.errors import GraphpruneError
 from graphprune.graph import build_graph
 from graphprune.methods.base import BudgetedEvaluator, MethodContext, get_method
 from graphprune.methods.gat_ppo import repair_scores
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
 from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
-from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, RewardSettings, SelfCompetitionReward
+from graphprune.methods.gat_ppo.reward import (
+    BudgetMargin,
+    LagrangeMultiplier,
+    RewardSettings,
+    SelfCompetitionReward,
+)
 from graphprune.pruning import ChannelGroups, Mask
 from graphprune.search_eval import SearchEvaluator
 
@@ -248,6 +254,24 @@ def test_lagrange_multiplier_dual_ascent():
     assert LagrangeMultiplier(lr=100.0, tolerance=0.0, max_value=5.0).update(np.array([1.0])) == 5.0  # capped
 
 
+def test_budget_margin_dual_ascent_on_the_share_over_budget():
+    margin = BudgetMargin(lr=0.01, target_share=0.05, max_value=0.1)
+    assert margin.update(np.array([0.0, 0.01, 0.0, 0.002])) == pytest.approx(0.0045)  # half over: aim lower
+    assert margin.update(np.zeros(4)) == pytest.approx(0.004)  # none over: back toward the budget
+    assert BudgetMargin(lr=1.0, target_share=0.05, max_value=0.1).update(np.ones(2)) == 0.1  # capped
+    assert BudgetMargin(lr=0.0, target_share=0.05, max_value=0.1).update(np.ones(2)) == 0.0  # off
+    with pytest.raises(GraphpruneError, match="budget_prior"):
+        AgentSettings(margin_lr=0.01)
+
+
+def test_budget_margin_lowers_keep_to_budget(toy):
+    env = make_env(toy, "flops0.5")
+    env.reset()
+    at_budget = env.keep_to_budget()
+    env.budget_margin = 0.1
+    assert env.keep_to_budget() < at_budget
+
+
 def small_settings(**overrides) -> AgentSettings:
     base = dict(episodes_per_iteration=16, num_envs=4, update_repeats=2, batch_size=64)
     base.update(overrides)
@@ -266,8 +290,10 @@ def run_search(toy, out_dir, settings, evaluations, stop_after=None, target="flo
         search.close()
 
 
-def test_interrupted_search_resumes_exactly(toy, tmp_path):
-    settings = small_settings()
+@pytest.mark.parametrize("overrides", [{}, {"policy": {"budget_prior": True}, "margin_lr": 0.05}],
+                         ids=["default", "budget_margin"])
+def test_interrupted_search_resumes_exactly(toy, tmp_path, overrides):
+    settings = small_settings(**overrides)
     _, whole = run_search(toy, tmp_path / "whole", settings, evaluations=48)
     run_search(toy, tmp_path / "resumed", settings, evaluations=48, stop_after=1)
     first_part = pd.read_csv(tmp_path / "resumed" / "log.csv")

@@ -179,6 +179,10 @@ class AgentSettings:
     lagrange_lr: float = 20.0
     lagrange_tolerance: float = 0.001  # the mean overshoot allowed; 0.01 left most episodes slightly over
     lagrange_max: float = 5.0  # a larger multiplier drove the policy to prune everything (measured)
+    # The budget prior's margin (policy.budget_prior): its keep fraction aims this far below the budget, by dual
+    # ascent on the share of episodes over budget toward margin_target; margin_lr 0 keeps it at the budget.
+    margin_lr: float = 0.0
+    margin_target: float = 0.05
     repair: str = "agent"  # over-budget episodes drop the channels "agent" (its keep probabilities) or "l1" rates lowest
     greedy_every: int = 1  # score the greedy policy every this many iterations (a diagnostic: no evaluation spent)
     policy: PolicySettings = field(default_factory=PolicySettings)
@@ -202,6 +206,11 @@ class AgentSettings:
             raise GraphpruneError(f"search.methods.gat_ppo.repair must be one of {', '.join(REPAIRS)}, got {self.repair!r}")
         if self.greedy_every < 1:
             raise GraphpruneError("search.methods.gat_ppo.greedy_every must be at least 1")
+        if self.margin_lr < 0 or not (0.0 <= self.margin_target < 1.0):
+            raise GraphpruneError("search.methods.gat_ppo: margin_lr must be >= 0 and margin_target in [0, 1)")
+        if self.margin_lr > 0 and not self.policy.budget_prior:
+            raise GraphpruneError("search.methods.gat_ppo: margin_lr moves the budget prior's aim; it needs "
+                                  "policy.budget_prior: true")
 
     def to_dict(self) -> dict:
         return asdict(self)

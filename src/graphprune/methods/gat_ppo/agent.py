@@ -44,7 +44,7 @@ from graphprune.methods.gat_ppo.policy import (
     RatioActor,
     gaussian_ratio,
 )
-from graphprune.methods.gat_ppo.reward import LagrangeMultiplier, SelfCompetitionReward
+from graphprune.methods.gat_ppo.reward import BudgetMargin, LagrangeMultiplier, SelfCompetitionReward
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION
 from graphprune.pruning import Mask
 
@@ -55,7 +55,8 @@ LOG_COLUMNS = ("episode", "iteration", "reward", "search_top1", "cost_ratio", "a
 # One row per iteration: what was sampled, the greedy policy entering the iteration, the constraint, and PPO's
 # own statistics of the update that ended it (as CleanRL logs them).
 ITERATION_COLUMNS = ("iteration", "episodes", "masks_evaluated", "sampled_mean", "sampled_std", "best_search_top1",
-                     "greedy_search_top1", "multiplier", "mean_overshoot", "repaired_share", "reward_mean",
+                     "greedy_search_top1", "multiplier", "budget_margin", "mean_overshoot", "repaired_share",
+                     "reward_mean",
                      "reward_std", "policy_loss", "value_loss", "update_epochs", "entropy", "approx_kl",
                      "clip_fraction", "explained_variance")
 CHECKPOINT_NAME = "agent.pt"
@@ -93,9 +94,14 @@ class GatPpoSearch:
         self.l1_scores = [np.asarray(i, dtype=np.float64) for i in importance]
         self.repair_scores = self.l1_scores  # what repair drops first: the lowest; the agent's from iteration 1
 
+        self.margin = BudgetMargin(lr=settings.margin_lr, target_share=settings.margin_target,
+                                   max_value=budget.ratio / 2)
+
         def make_env(evaluate=evaluator) -> PruningEnv:
-            return PruningEnv(self.layout, cost, budget, evaluate, self.repair_scores, min_channels,
-                              feasibility_wall=settings.feasibility_wall, action=settings.policy.action)
+            env = PruningEnv(self.layout, cost, budget, evaluate, self.repair_scores, min_channels,
+                             feasibility_wall=settings.feasibility_wall, action=settings.policy.action)
+            env.budget_margin = self.margin.value
+            return env
 
         self.make_env = make_env
         vector_env = DummyVectorEnv if settings.vector_env == "dummy" else SubprocVectorEnv
@@ -237,6 +243,7 @@ class GatPpoSearch:
         self.envs.set_env_attr("step_seconds", 0.0)
         self.envs.set_env_attr("eval_seconds", 0.0)
         self.multiplier.update(np.asarray(overshoots))
+        self.envs.set_env_attr("budget_margin", self.margin.update(np.asarray(overshoots)))
         self.iteration += 1
 
     def _look_at_the_policy(self) -> float:
@@ -261,7 +268,7 @@ class GatPpoSearch:
             "iteration": self.iteration, "episodes": len(episodes), "masks_evaluated": self.evaluator.masks_evaluated,
             "sampled_mean": float(accuracies.mean()), "sampled_std": float(accuracies.std()),
             "best_search_top1": self.best[0] if self.best else float("nan"), "greedy_search_top1": greedy_top1,
-            "multiplier": self.multiplier.value,
+            "multiplier": self.multiplier.value, "budget_margin": self.margin.value,
             "mean_overshoot": float(np.mean([e["overshoot"] for e in episodes])),
             "repaired_share": float(np.mean([e["repaired_channels"] > 0 for e in episodes])),
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
@@ -306,7 +313,7 @@ class GatPpoSearch:
             "evaluations": self.evaluator.limit, "threads": torch.get_num_threads(),
             "iteration": self.iteration, "algorithm": self.algorithm.state_dict(),
             "reward": self.reward.state_dict(), "multiplier": self.multiplier.value,
-            "best": list(self.best) if self.best else None, "log": self.log_rows,
+            "budget_margin": self.margin.value, "best": list(self.best) if self.best else None, "log": self.log_rows,
             "iterations": self.iteration_rows,
             "mask_keys": sorted(self.evaluator.seen), "seconds": self.seconds,
             "timing": dict(self.timing), "rng": _rng_states(),
@@ -332,6 +339,8 @@ class GatPpoSearch:
         self.algorithm.load_state_dict(state["algorithm"])
         self.reward.load_state_dict(state["reward"])
         self.multiplier.value = float(state["multiplier"])
+        self.margin.value = float(state["budget_margin"])
+        self.envs.set_env_attr("budget_margin", self.margin.value)
         self.best = (float(state["best"][0]), state["best"][1]) if state["best"] else None
         self.iteration, self.log_rows = int(state["iteration"]), list(state["log"])
         self.iteration_rows = list(state["iterations"])
@@ -354,7 +363,8 @@ class GatPpoSearch:
                 "environment_bookkeeping": (t["env_step"] - t["evaluation"]) / total if total else 0.0,
                 "policy_and_updates": (total - t["env_step"]) / total if total else 0.0,
             },
-            "multiplier": self.multiplier.value, "timing_seconds": dict(self.timing),
+            "multiplier": self.multiplier.value, "budget_margin": self.margin.value,
+            "timing_seconds": dict(self.timing),
             "repaired_episodes": sum(1 for r in self.log_rows if r["repaired_channels"] > 0),
         }
         return SearchResult(mask, accuracy, len(self.log_rows), self.evaluator.masks_evaluated, self.seconds, record)

@@ -25,6 +25,7 @@ from graphprune.methods.base import remove_to_budget
 from graphprune.pruning import Mask
 
 BUDGET_FEATURES = ("budget", "cost_ratio", "min_cost_ratio", "to_remove", "progress", "kept_fraction")
+MIN_AIM = 1e-6  # keep_to_budget aims at the budget less the margin, never at or below 0
 KEEP_TO_BUDGET_STEPS = 12  # bisection steps of keep_to_budget: 1/4096, finer than one channel of any group
 
 
@@ -102,6 +103,7 @@ class PruningEnv(gym.Env):
                              else gym.spaces.Box(0.0, 1.0, (1,), np.float32))
         cost.check_feasible(budget)
         self._min_counts = np.asarray(cost.min_counts)
+        self.budget_margin = 0.0  # how far below the budget keep_to_budget aims (gat_ppo.reward.BudgetMargin)
         self.step_seconds = 0.0  # everything inside step(), evaluation included
         self.eval_seconds = 0.0
 
@@ -232,16 +234,19 @@ class PruningEnv(gym.Env):
 
     def keep_to_budget(self) -> float:
         """The keep fraction q in [0, 1] such that the decided groups as decided and every undecided group at
-        round(q * size) channels (at least its minimum) meet the budget with the least room to spare: 1 when
+        round(q * size) channels (at least its minimum) meet the budget, less `budget_margin` (set by the
+        training loop), with the least room to spare: 1 when
         keeping everything still meets it, 0 when even the minimum does not. Bisection on the analytic cost
         (it never falls as q grows), to 1/2^12."""
         sizes = np.asarray(self.layout.sizes)
         if self.t >= self.num_steps:
             return 0.0
 
+        aim = Budget(self.budget.metric, max(self.budget.ratio - self.budget_margin, MIN_AIM))
+
         def meets(q: float) -> bool:
-            return self.cost.meets(self.budget, self._counts_now(np.maximum(self._min_counts,
-                                                                             np.rint(q * sizes).astype(np.int64))))
+            return self.cost.meets(aim, self._counts_now(np.maximum(self._min_counts,
+                                                                    np.rint(q * sizes).astype(np.int64))))
 
         if meets(1.0):
             return 1.0

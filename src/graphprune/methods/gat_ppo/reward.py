@@ -84,3 +84,26 @@ class LagrangeMultiplier:
             step = self.lr * (float(np.mean(overshoots)) - self.tolerance)
             self.value = float(np.clip(self.value + step, 0.0, self.max_value))
         return self.value
+
+
+@dataclass
+class BudgetMargin:
+    """How far below the budget (cost-ratio points) the policy's budget prior aims: dual ascent on the share of
+    episodes whose own mask is over budget, toward `target_share`. With the prior aiming at the budget itself,
+    the last steps' random bits leave about half of the episodes a hair over (repaired); a margin of about one
+    standard deviation of that final cost brings the share down, at a cost of a fraction of a point of budget.
+
+    value stays in [0, max_value]; lr 0 leaves it at 0.
+    """
+
+    lr: float
+    target_share: float
+    max_value: float
+    value: float = 0.0
+
+    def update(self, overshoots: np.ndarray) -> float:
+        """overshoots: of each episode of the last iteration (>= 0; > 0 where the agent's mask was over)."""
+        if len(overshoots) and self.lr > 0:
+            share = float(np.mean(np.asarray(overshoots) > 0))
+            self.value = float(np.clip(self.value + self.lr * (share - self.target_share), 0.0, self.max_value))
+        return self.value
