@@ -1,7 +1,14 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Imported before any test runs main(): numba compiles these as the environment says (with JIT by default).
+from tianshou.algorithm.algorithm_base import _gae, _nstep_return
 
 from graphprune.checkpoint import load_checkpoint, load_model
 from graphprune.cli import main
@@ -83,3 +90,26 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert "Traceback" not in completed.stderr
     last_line = completed.stderr.strip().splitlines()[-1]  # libraries may warn at import time
     assert last_line == f"graphprune: error: config file {tmp_path / 'absent.yaml'} does not exist"
+
+
+def test_commands_run_tianshou_helpers_without_jit_and_the_numbers_stay_the_same(monkeypatch):
+    if hasattr(_gae, "py_func"):  # compiled here (numba rereads its settings when it compiles: do it first)
+        rng = np.random.default_rng(0)
+        size = 608  # one PPO iteration of the default search: 32 episodes of 19 steps
+        values, next_values, rewards = rng.normal(size=(3, size))
+        ends = rng.random(size) < 1 / 19
+        assert np.array_equal(_gae(values, next_values, rewards, ends, 1.0, 0.95),
+                              _gae.py_func(values, next_values, rewards, ends, 1.0, 0.95))
+        indices = rng.integers(0, size, (1, 64))
+        target_q = rng.normal(size=(64, 1)).astype(np.float32)
+        assert np.array_equal(_nstep_return(rewards, ends, target_q, indices, 0.99, 1),
+                              _nstep_return.py_func(rewards, ends, target_q, indices, 0.99, 1))
+    monkeypatch.delenv("NUMBA_DISABLE_JIT", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert "NUMBA_DISABLE_JIT" not in os.environ, "numba is loaded here: switching it now would break it"
+    script = ("import os\nfrom graphprune.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n"
+              "    print(os.environ.get('NUMBA_DISABLE_JIT'))")
+    environment = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "1"  # a command's own process runs without the JIT

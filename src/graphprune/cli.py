@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from graphprune import __version__
@@ -38,7 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Tianshou compiles its numba helpers (GAE, n-step returns, buffer indices) in every process that builds an
+# agent: 6-12 s of every RL search job here, for loops over a few hundred transitions that plain Python runs in
+# milliseconds, with the same results bit for bit (tests/test_cli.py). Only where the command starts the
+# process: numba reads the setting when imported and again when it compiles, so switching it in a process that
+# already uses numba would break its next compile; a NUMBA_DISABLE_JIT already set wins.
+JIT_FREE_ENVIRONMENT = {"NUMBA_DISABLE_JIT": "1"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    if "numba" not in sys.modules:
+        for name, value in JIT_FREE_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)  # before anything imports numba (Tianshou, inside the commands)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
