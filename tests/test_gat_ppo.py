@@ -312,8 +312,7 @@ def test_checkpoint_of_other_settings_starts_over(toy, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "log.csv"), pd.read_csv(tmp_path / "fresh" / "log.csv"))
 
 
-@pytest.mark.parametrize("policy", [{}, {"encoder": "mlp"}, {"action": "ratio"}, {"budget_prior": True}],
-                         ids=["gat", "mlp", "ratio", "budget_prior"])
+@pytest.mark.parametrize("policy", [{}, {"encoder": "mlp"}, {"action": "ratio"}], ids=["gat", "mlp", "ratio"])
 def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path, policy):
     """Every ablation switch runs through the same method, loop and checks."""
     model, groups, cost, evaluator, graph = toy

@@ -39,9 +39,28 @@ def random_mask(groups: ChannelGroups, seed: int, keep: float = 0.5) -> Mask:
     return Mask.from_keep_flags(flags)
 
 
-@pytest.mark.parametrize(("name", "in_channels", "size"), [("resnet20", 1, 8), ("vgg16_bn", 3, 32)])
-def test_sliced_forward_and_recalibration_equal_the_pruned_network(name, in_channels, size):
-    model, groups, images = setup(name, in_channels, size)
+class FlattenNet(nn.Module):
+    """A classifier on flattened feature maps: each channel feeds 4 of the linear layer's inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, stride=4, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def flatten_setup() -> tuple[nn.Module, ChannelGroups, torch.Tensor]:
+    torch.manual_seed(0)
+    model = FlattenNet().eval()
+    return model, ChannelGroups(model, (1, 8, 8)), torch.randn(24, 1, 8, 8)
+
+
+@pytest.mark.parametrize("case", ["resnet20", "flatten"])
+def test_sliced_forward_and_recalibration_equal_the_pruned_network(case):
+    model, groups, images = setup("resnet20", 1, 8) if case == "resnet20" else flatten_setup()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sliced = SlicedNetwork(model, groups)
     assert SlicedNetwork.supports(model, groups) and sliced.agrees_with_masking()
