@@ -75,12 +75,12 @@ def toy():
     return planted_toy()
 
 
-def make_env(toy, target="flops0.5", layout=None, wall=False, action="binary"):
+def make_env(toy, target="flops0.5", layout=None, wall=False, action="binary", budget_prior=False):
     model, groups, cost, evaluator, graph = toy
     layout = layout or EpisodeLayout.per_group(groups.sizes, range(len(groups)))
     context = MethodContext(model, groups, cost, graph, evaluator)
     return PruningEnv(layout, cost, parse_target(target), evaluator, repair_scores(context), feasibility_wall=wall,
-                      action=action)
+                      action=action, budget_prior=budget_prior)
 
 
 @pytest.mark.parametrize("action", ["binary", "ratio"])
@@ -141,7 +141,7 @@ def test_min_channels_are_forced(toy):
 @pytest.mark.parametrize("target", ["flops0.3", "flops0.6"])
 def test_keep_to_budget_is_the_largest_uniform_keep_that_meets_the_budget(toy, target):
     _, groups, cost, _, _ = toy
-    env = make_env(toy, target)
+    env = make_env(toy, target, budget_prior=True)
     budget, sizes = parse_target(target), np.asarray(groups.sizes)
     obs, _ = env.reset()
     first_step = np.r_[np.ones(3), np.zeros(env.action_space.n - 3)]  # keeps 3 of the first group's channels
@@ -157,7 +157,9 @@ def test_keep_to_budget_is_the_largest_uniform_keep_that_meets_the_budget(toy, t
         assert cost.meets(budget, counts(q))
         assert not cost.meets(budget, counts(min(1.0, q + 1 / 12)))  # one channel more per group: over
     # Fewer channels kept so far leave more for the rest.
-    assert env.keep_to_budget() > make_env(toy, target).reset()[0]["keep_to_budget"][0] or target == "flops0.6"
+    assert env.keep_to_budget() > make_env(toy, target, budget_prior=True).reset()[0]["keep_to_budget"][0] \
+        or target == "flops0.6"
+    assert make_env(toy, target).reset()[0]["keep_to_budget"][0] == 0.0  # not computed unless the policy reads it
 
 
 def test_budget_prior_starts_every_keep_probability_at_keep_to_budget(toy, tmp_path):

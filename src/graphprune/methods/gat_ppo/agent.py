@@ -99,7 +99,8 @@ class GatPpoSearch:
 
         def make_env(evaluate=evaluator) -> PruningEnv:
             env = PruningEnv(self.layout, cost, budget, evaluate, self.repair_scores, min_channels,
-                             feasibility_wall=settings.feasibility_wall, action=settings.policy.action)
+                             feasibility_wall=settings.feasibility_wall, action=settings.policy.action,
+                             budget_prior=settings.policy.budget_prior)
             env.budget_margin = self.margin.value
             return env
 

@@ -71,18 +71,19 @@ class PruningEnv(gym.Env):
     kept [C], decided [C]: flat channel state; step: index of the current step; budget [len(BUDGET_FEATURES)];
     action_mask [W]: 1 where an action slot maps to a channel this step; keep_to_budget [1]: the one keep
     fraction of every undecided group that lands the mask on the budget (`keep_to_budget()`; read by the
-    policy's budget prior, not part of `budget`).
+    policy's budget prior, not part of `budget`; 0 unless `budget_prior`, which saves ~0.3 ms per step).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, layout: EpisodeLayout, cost: CostModel, budget: Budget,
                  evaluate: Callable[[Mask], float], importance: Sequence[np.ndarray], min_channels: int = 1,
-                 feasibility_wall: bool = False, action: str = "binary"):
+                 feasibility_wall: bool = False, action: str = "binary", budget_prior: bool = False):
         self.layout, self.cost, self.budget, self.evaluate = layout, cost, budget, evaluate
         self.importance = [np.asarray(i, dtype=np.float64) for i in importance]
         self.min_channels = min_channels
         self.feasibility_wall = feasibility_wall
+        self.budget_prior = budget_prior  # whether the policy reads keep_to_budget (0 in the observation if not)
         if action == "ratio" and any(len(groups) != 1 for groups in layout.steps):
             raise ValueError("ratio actions decide one group per step: use the per-group episode layout")
         self.action = action
@@ -229,7 +230,7 @@ class PruningEnv(gym.Env):
         return {
             "kept": self.kept.astype(np.float32), "decided": self.decided.astype(np.float32),
             "step": np.array([self.t], dtype=np.int64), "budget": budget, "action_mask": action_mask,
-            "keep_to_budget": np.array([self.keep_to_budget()], dtype=np.float32),
+            "keep_to_budget": np.array([self.keep_to_budget() if self.budget_prior else 0.0], dtype=np.float32),
         }
 
     def keep_to_budget(self) -> float:
