@@ -29,8 +29,8 @@ _PER_CHANNEL = ("bias", "running_mean", "running_var")
 
 
 class SlicedNetwork:
-    """`model` as pruned by a mask, run through its own modules: `forward(mask, x)` and
-    `recalibrated(mask, batches)` (fresh BN statistics of the pruned network, as `recalibrate_batch_norm`).
+    """`model` as pruned by a mask, run through its own modules: `forward(tensors(mask), x)`, where
+    `recalibrated(mask, batches)` gives the tensors with fresh BN statistics (as `recalibrate_batch_norm`).
 
     The model itself is never changed: its tensors are only read (sliced copies are passed in their place).
     """
@@ -40,6 +40,7 @@ class SlicedNetwork:
             raise ValueError("a group touches a module that cannot be sliced; use ChannelMasker")
         self.model, self.groups = model, groups
         self._bn_names = {name for name, m in model.named_modules() if isinstance(m, BN_TYPES)}
+        self._modules = dict(model.named_modules())  # looked up for every mask: built once
 
     @staticmethod
     def supports(model: nn.Module, groups: ChannelGroups) -> bool:
@@ -122,11 +123,10 @@ class SlicedNetwork:
             for member in group.members:
                 pruned.setdefault((member.module, member.kind), set()).update(
                     i for j in channels for i in member.channels[j])
-        modules = dict(self.model.named_modules())
         kept = {}
         for (name, kind), gone in pruned.items():
-            width = _width(modules[name], kind)
-            device = next(modules[name].parameters()).device
+            width = _width(self._modules[name], kind)
+            device = next(self._modules[name].parameters()).device
             kept[(name, kind)] = torch.tensor([i for i in range(width) if i not in gone], dtype=torch.long,
                                               device=device)
         return kept

@@ -236,8 +236,8 @@ class PruningEnv(gym.Env):
     def keep_to_budget(self) -> float:
         """The keep fraction q in [0, 1] such that the decided groups as decided and every undecided group at
         round(q * size) channels (at least its minimum) meet the budget, less `budget_margin` (set by the
-        training loop), with the least room to spare: 1 when
-        keeping everything still meets it, 0 when even the minimum does not. Bisection on the analytic cost
+        training loop), with the least room to spare: 1 when keeping everything still meets it, 0 when even
+        the minimum does not. Bisection on the analytic cost
         (it never falls as q grows), to 1/2^12."""
         sizes = np.asarray(self.layout.sizes)
         if self.t >= self.num_steps:
