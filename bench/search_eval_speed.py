@@ -1,11 +1,12 @@
-"""Scoring a mask during a search: the sliced forward (pruned network's cost) against the masked one.
+"""Scoring a mask during a search: the sliced forward (pruned network's cost) against the masked one, and
+NHWC (channels-last) images against NCHW ones for the sliced forward.
 
 Per network and FLOPs budget, `--masks` random masks that meet the budget (random keep bits, then the
-lowest-random-score channels dropped until the budget holds), each scored once by a masked and once by a
-sliced `SearchEvaluator` (BN recalibration on 2 x 128 images, then the search images), the two interleaved
-mask by mask so that load changes hit both alike. Printed per (network, budget): median ms per mask of
-each and the ratio masked / sliced, median and min-max over `--repeats` rounds of fresh masks; and whether the
-two gave the same accuracy for every mask. Networks: ResNet-20 on digits-sized inputs (1x8x8, 300 search
+lowest-random-score channels dropped until the budget holds), each scored once by three `SearchEvaluator`s
+(BN recalibration on 2 x 128 images, then the search images): masked NCHW, sliced NCHW, sliced NHWC (the
+default), interleaved mask by mask so that load changes hit all alike. Printed per (network, budget): median
+ms per mask of each and the ratios masked / sliced and NCHW / NHWC, median and min-max over `--repeats`
+rounds of fresh masks; and whether the three gave the same accuracy for every mask. Networks: ResNet-20 on digits-sized inputs (1x8x8, 300 search
 images: the default experiment's shapes) and ResNet-56 on CIFAR-sized ones (3x32x32, --cifar-images),
 freshly initialised on random images and labels (the cost does not depend on the weights or the data).
 
@@ -41,19 +42,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"Machine: {machine_summary()}\n")
-    print("| network | budget | masked ms/mask | sliced ms/mask | masked / sliced | same accuracies |")
-    print("|---|---|---|---|---|---|")
+    print("| network | budget | masked ms/mask | sliced ms/mask | sliced NHWC ms/mask | masked / sliced | "
+          "NCHW / NHWC | same accuracies |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, channels, size, images in NETWORKS:
         evaluators, groups, cost = setup(name, channels, size, images or args.cifar_images)
         for target in TARGETS:
             budget = parse_target(target)
             rounds = [timed_round(evaluators, random_masks(groups, cost, budget, args.masks, seed))
                       for seed in range(args.repeats)]
-            masked, sliced = ([r[k] for r in rounds] for k in (0, 1))
-            ratios = [m / s for m, s in zip(masked, sliced, strict=True)]
-            same = all(r[2] for r in rounds)
-            print(f"| {name} {channels}x{size} | {target} | {spread(masked)} | {spread(sliced)} | "
-                  f"{spread(ratios, '.2f')} | {'yes' if same else 'NO'} |")
+            masked, sliced, nhwc = ([r[0][k] for r in rounds] for k in range(3))
+            slicing = [m / s for m, s in zip(masked, sliced, strict=True)]
+            layout = [s / n for s, n in zip(sliced, nhwc, strict=True)]
+            same = all(r[1] for r in rounds)
+            print(f"| {name} {channels}x{size} | {target} | {spread(masked)} | {spread(sliced)} | {spread(nhwc)} | "
+                  f"{spread(slicing, '.2f')} | {spread(layout, '.2f')} | {'yes' if same else 'NO'} |")
 
 
 def setup(name: str, channels: int, size: int, images: int):
@@ -65,8 +68,9 @@ def setup(name: str, channels: int, size: int, images: int):
     search = torch.randn(images, channels, size, size, generator=generator)
     labels = torch.randint(0, 10, (images,), generator=generator)
     calibration = list(torch.randn(256, channels, size, size, generator=generator).split(128))
-    evaluators = [SearchEvaluator(model, groups, search, labels, calibration, sliced=sliced)
-                  for sliced in (False, True)]
+    evaluators = [SearchEvaluator(model, groups, search, labels, calibration, sliced=sliced,
+                                  channels_last=channels_last)
+                  for sliced, channels_last in ((False, False), (True, False), (True, True))]
     assert evaluators[1]._sliced is not None, f"{name} is not sliceable"
     return evaluators, groups, CostModel(model, groups)
 
@@ -83,16 +87,18 @@ def random_masks(groups: ChannelGroups, cost: CostModel, budget, count: int, see
     return masks
 
 
-def timed_round(evaluators, masks: list[Mask]) -> tuple[float, float, bool]:
-    """(median ms of the masked evaluator, of the sliced one, whether every accuracy agreed)."""
-    times: list[list[float]] = [[], []]
-    accuracies: list[list[float]] = [[], []]
-    for mask in masks:
-        for k, evaluator in enumerate(evaluators):
+def timed_round(evaluators, masks: list[Mask]) -> tuple[list[float], bool]:
+    """(median ms per mask of each evaluator, whether every accuracy agreed)."""
+    times: list[list[float]] = [[] for _ in evaluators]
+    accuracies: list[list[float]] = [[] for _ in evaluators]
+    for i, mask in enumerate(masks):
+        # Rotated, so that no evaluator always meets a mask's new layer shapes first (oneDNN caches kernels).
+        for k in np.roll(np.arange(len(evaluators)), i):
+            evaluator = evaluators[k]
             start = time.perf_counter()
             accuracies[k].append(evaluator(mask))
             times[k].append(1000 * (time.perf_counter() - start))
-    return statistics.median(times[0]), statistics.median(times[1]), accuracies[0] == accuracies[1]
+    return [statistics.median(t) for t in times], all(a == accuracies[0] for a in accuracies)
 
 
 def spread(values: list[float], fmt: str = ".1f") -> str:

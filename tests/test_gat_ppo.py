@@ -314,6 +314,26 @@ def test_checkpoint_of_other_settings_starts_over(toy, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "log.csv"), pd.read_csv(tmp_path / "fresh" / "log.csv"))
 
 
+def test_checkpoint_from_before_a_new_setting_resumes_where_that_setting_is_at_its_default(toy, tmp_path):
+    """A finished search written before `margin_lr`, `margin_target` and `policy.budget_prior` existed (its
+    checkpoint lacks them and the margin) is the default search: it resumes and needs no new evaluation."""
+    settings = small_settings()
+    _, whole = run_search(toy, tmp_path, settings, evaluations=16)
+    state = torch.load(tmp_path / "agent.pt", weights_only=True)
+    for key in ("margin_lr", "margin_target"):
+        del state["settings"][key]
+    del state["settings"]["policy"]["budget_prior"], state["budget_margin"]
+    torch.save(state, tmp_path / "agent.pt")
+    scored = []
+    counting = (*toy[:3], lambda mask: scored.append(mask) or toy[3](mask), toy[4])
+    search, resumed = run_search(counting, tmp_path, settings, evaluations=16)
+    assert not scored and resumed.mask == whole.mask and resumed.masks_evaluated == 16
+    state["settings"]["retired_option"] = 1  # a field this version does not know: start over
+    torch.save(state, tmp_path / "agent.pt")
+    run_search(counting, tmp_path, settings, evaluations=16)
+    assert len({mask.key() for mask in scored}) >= 16  # scored again (and its greedy episode)
+
+
 @pytest.mark.parametrize("policy", [{}, {"encoder": "mlp"}, {"action": "ratio"}], ids=["gat", "mlp", "ratio"])
 def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path, policy):
     """Every ablation switch runs through the same method, loop and checks."""

@@ -78,16 +78,20 @@ def test_sliced_forward_and_recalibration_equal_the_pruned_network(case):
         assert torch.equal(value, before[key]), f"{key} changed"
 
 
-def test_search_accuracies_sliced_equal_masked():
+def test_search_accuracies_sliced_equal_masked_in_either_memory_order():
     model, groups, images = setup("resnet20", 1, 8)
     labels = torch.arange(len(images)) % 10
     calibration = list(images.split(12))
-    sliced = SearchEvaluator(model, groups, images, labels, calibration)
-    masked = SearchEvaluator(model, groups, images, labels, calibration, sliced=False)
+    sliced = SearchEvaluator(model, groups, images, labels, calibration)  # NHWC by default
+    sliced_nchw = SearchEvaluator(model, groups, images, labels, calibration, channels_last=False)
+    masked = SearchEvaluator(model, groups, images, labels, calibration, sliced=False, channels_last=False)
     assert sliced._sliced is not None and masked._sliced is None
+    # NHWC: channels are the innermost dimension (stride 1); the caller's NCHW tensor is left as it was
+    assert sliced.images.stride(1) == 1 and all(b.stride(1) == 1 for b in sliced.calibration)
+    assert images.stride(1) == 8 * 8 and sliced_nchw.images.stride(1) == 8 * 8
     masks = [random_mask(groups, seed, keep) for seed, keep in enumerate((0.3, 0.5, 0.8, 1.0))]
     accuracies = [sliced(mask) for mask in masks]
-    assert accuracies == [masked(mask) for mask in masks]
+    assert accuracies == [sliced_nchw(mask) for mask in masks] == [masked(mask) for mask in masks]
     assert len(set(accuracies)) > 1, "the masks must score differently"
 
 

@@ -41,8 +41,15 @@ class SearchEvaluator:
     recalibrate_bn: bool = True
     batch_size: int = 1024
     sliced: bool = True  # False: always the masked forward (the two agree; tested)
+    # Images in NHWC memory order: a pruned network's odd channel counts (9, 13, ...) miss oneDNN's blocked
+    # NCHW kernels and run several times slower there, while NHWC kernels take any width
+    # (bench/search_eval_speed.py). Only the memory order changes, not the values.
+    channels_last: bool = True
 
     def __post_init__(self):
+        if self.channels_last and self.images.dim() == 4:
+            self.images = _channels_last(self.images)
+            self.calibration = [_channels_last(b) for b in self.calibration]
         self._cache: dict[str, float] = {}
         self._bns = [m for m in self.model.modules() if isinstance(m, BN_TYPES)]
         self._sliced = None
@@ -84,6 +91,13 @@ class SearchEvaluator:
             logits = forward(self.images[start:start + self.batch_size])
             correct += (logits.argmax(1) == self.labels[start:start + self.batch_size]).sum().item()
         return correct / len(self.labels)
+
+
+def _channels_last(images: torch.Tensor) -> torch.Tensor:
+    """A copy of [N, C, H, W] `images` with NHWC strides. Not `.contiguous(memory_format=...)`: with one
+    channel that returns the tensor unchanged (both orders count as contiguous), and convolutions then keep
+    NCHW all the way through."""
+    return torch.empty_like(images, memory_format=torch.channels_last).copy_(images)
 
 
 def _bn_buffers(bn: nn.Module) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ from graphprune.checkpoint import atomic_torch_save, atomic_write_text, load_che
 from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import NetworkGraph
-from graphprune.method_settings import AgentSettings
+from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import BudgetedEvaluator
 from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
 from graphprune.methods.gat_ppo.policy import (
@@ -328,7 +328,7 @@ class GatPpoSearch:
         if not path.exists():
             return
         state = load_checkpoint(path)
-        if state.get("settings") != self.settings.to_dict() or state.get("seed") != self.seed \
+        if _settings_as_now(state.get("settings")) != self.settings.to_dict() or state.get("seed") != self.seed \
                 or state.get("budget") != str(self.budget) or state.get("evaluations") != self.evaluator.limit:
             log.warning("%s belongs to a search with other settings: starting over", path)
             return
@@ -340,7 +340,7 @@ class GatPpoSearch:
         self.algorithm.load_state_dict(state["algorithm"])
         self.reward.load_state_dict(state["reward"])
         self.multiplier.value = float(state["multiplier"])
-        self.margin.value = float(state["budget_margin"])
+        self.margin.value = float(state.get("budget_margin", 0.0))  # absent: saved before the margin existed
         self.envs.set_env_attr("budget_margin", self.margin.value)
         self.best = (float(state["best"][0]), state["best"][1]) if state["best"] else None
         self.iteration, self.log_rows = int(state["iteration"]), list(state["log"])
@@ -414,6 +414,15 @@ class MeasuredPPO(PPO):
             "clip_fraction": float(((ratio - 1).abs() > self.eps_clip).float().mean()),
             "explained_variance": 1 - float((returns - values).var()) / variance if variance > 0 else float("nan"),
         }
+
+
+def _settings_as_now(saved: dict | None) -> dict | None:
+    """A checkpoint's settings with the fields added since it was written at their defaults (the search it
+    ran had none of them); None where they no longer parse (a removed field): then it cannot resume."""
+    try:
+        return parse_settings(AgentSettings, saved, "checkpoint settings").to_dict() if saved else None
+    except GraphpruneError:
+        return None
 
 
 def _z_scores(values: np.ndarray) -> np.ndarray:
