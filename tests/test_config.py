@@ -15,12 +15,23 @@ from graphprune.config import (
 )
 from graphprune.data import KNOWN_DATASETS
 from graphprune.errors import GraphpruneError
+from graphprune.method_settings import METHOD_SETTINGS
 from graphprune.models import ModelSpec
 
 
 def minimal_config(**experiment_changes):
     experiment = {"dataset": {"name": "digits"}, "model": {"name": "resnet20"}, "pretrain": {"epochs": 3}}
     return {"experiments": {"exp": {**experiment, **experiment_changes}}}
+
+
+def test_every_shipped_config_loads_with_typed_method_settings(repo_root):
+    """A typo in a variant of configs/*.yaml fails here, not hours into `make bench`."""
+    paths = [repo_root / "config.yaml", *sorted((repo_root / "configs").glob("*.yaml"))]
+    assert len(paths) > 5
+    for path in paths:
+        config = load_config(path)  # parses every method's and variant's settings into their types
+        for experiment in config.experiments.values():
+            assert {experiment.base_method(m) for m in experiment.methods} <= set(METHOD_SETTINGS), path.name
 
 
 def test_default_config_loads_with_defaults_filled(repo_root):
