@@ -6,9 +6,10 @@ lowest-random-score channels dropped until the budget holds), each scored once b
 (BN recalibration on 2 x 128 images, then the search images): masked NCHW, sliced NCHW, sliced NHWC (the
 default), interleaved mask by mask so that load changes hit all alike. Printed per (network, budget): median
 ms per mask of each and the ratios masked / sliced and NCHW / NHWC, median and min-max over `--repeats`
-rounds of fresh masks; and whether the three gave the same accuracy for every mask. Networks: ResNet-20 on digits-sized inputs (1x8x8, 300 search
-images: the default experiment's shapes) and ResNet-56 on CIFAR-sized ones (3x32x32, --cifar-images),
-freshly initialised on random images and labels (the cost does not depend on the weights or the data).
+rounds of fresh masks; and whether the three gave the same accuracy for every mask. Networks: ResNet-20 on
+digits-sized inputs (1x8x8, 300 search images: the default experiment's shapes) and ResNet-56 on CIFAR-sized
+ones (3x32x32, --cifar-images), freshly initialised on random images and labels (the cost does not depend on
+the weights or the data).
 
     .venv/bin/python bench/search_eval_speed.py [--masks 10] [--repeats 3] [--threads 1]
 """
