@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the pipeline's searches, whose checkpoints record 1 thread
     config = load_config(args.config)
-    experiment = config.experiments[args.experiment]
+    experiment = config.experiment(args.experiment)  # an unknown name: a message listing the known ones
     methods = args.methods or [m for m in experiment.methods if experiment.base_method(m) == "gat_ppo"]
     setup = load_setup(config, experiment, "cpu")
     order = topological_group_order(setup.graph.group_roots, setup.graph.layer_names)
