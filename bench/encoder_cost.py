@@ -93,7 +93,7 @@ def one_search(network_setup, encoder: str, seed: int, iterations: int, steps: i
             policy_seconds, update_seconds = _instrument(search)
             start = time.perf_counter()
             for _ in range(iterations):
-                search._iterate(settings.episodes_per_iteration)
+                search.iterate(settings.episodes_per_iteration)
             wall = time.perf_counter() - start
             update, evaluation, policy = update_seconds[0], evaluator.seconds, policy_seconds[0]
             train_ms, act_ms = _step_costs(search, steps)

@@ -68,3 +68,21 @@ def debian_fashion_mnist():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason} (CI=true: the test must run, not skip)")
         pytest.skip(reason)
+
+
+def self_labelled_search(model, images, calibration_images: int):
+    """(groups, cost, search evaluator, graph) of `model`, the evaluator's labels being the model's own predictions
+    on `images` (so the unpruned network scores 1.0); for agents on toy networks without a dataset."""
+    import torch
+
+    from graphprune.cost import CostModel
+    from graphprune.graph import build_graph
+    from graphprune.pruning import ChannelGroups
+    from graphprune.search_eval import SearchEvaluator
+
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    groups = ChannelGroups(model, tuple(images.shape[1:]))
+    cost = CostModel(model, groups)
+    evaluator = SearchEvaluator(model, groups, images, labels, [images[:calibration_images]], recalibrate_bn=False)
+    return groups, cost, evaluator, build_graph(model, groups, cost, images[:32])

@@ -128,3 +128,47 @@ def test_logs_dir_keeps_the_logs_of_configs_sharing_an_experiment_name_apart(rep
     assert separate.paths("exp").log("pretrain") == "logs/bench/exp/pretrain.log"
     assert separate.paths("exp").benchmark("pretrain") == "logs/bench/exp/pretrain.benchmark.tsv"
     assert load_config(repo_root / "configs/fashion-resnet20.yaml").logs_dir == "logs/bench"
+
+
+def test_a_variant_may_have_its_own_evaluation_budget():
+    experiment = config_from_dict(minimal_config(
+        methods=["amc", "amc_k16"], variants={"amc_k16": {"method": "amc", "evaluations": 16}},
+        search={"evaluations": 64})).experiment("exp")
+    assert (experiment.evaluations("amc"), experiment.evaluations("amc_k16")) == (64, 16)
+    assert experiment.search_hash("amc", 0) != experiment.search_hash("amc_k16", 0)
+    same = config_from_dict(minimal_config(methods=["amc"], search={"evaluations": 16})).experiment("exp")
+    assert same.search_hash("amc", 0) == experiment.search_hash("amc_k16", 0)  # only the budget differed
+    with pytest.raises(GraphpruneError, match="evaluations"):
+        config_from_dict(minimal_config(methods=["amc_k0"], variants={"amc_k0": {"method": "amc", "evaluations": 0}}))
+
+
+def agents_config(agent=None, transfer_agent="shared"):
+    config = minimal_config(methods=["gat_ppo_transfer_k8"], variants={"gat_ppo_transfer_k8": {
+        "method": "gat_ppo_transfer", "settings": {"agent": transfer_agent}, "evaluations": 8}})
+    config["agents"] = {"shared": {"experiments": ["exp"], "budgets": ["flops0.3", "flops0.5"], **(agent or {})}}
+    return config
+
+
+def test_agents_are_parsed_with_their_settings_and_files():
+    config = config_from_dict(agents_config())
+    agent = config.agent("shared")
+    assert (agent.experiments, agent.budgets, agent.iterations, agent.seed) == (("exp",), ("flops0.3", "flops0.5"), 8, 0)
+    assert agent.agent_settings() == {"policy": {"budget_prior": True}}
+    assert config.agent_file("shared") == "results/agents/shared/agent.pt"
+    assert config.agent_file("elsewhere/agent.pt") == "elsewhere/agent.pt"
+    hash_now = config.training_hash("shared")
+    assert hash_now == config_from_dict(agents_config()).training_hash("shared")
+    assert hash_now != config_from_dict(agents_config({"iterations": 9})).training_hash("shared")
+    assert hash_now != config_from_dict(agents_config({"settings": {"lr": 0.01}})).training_hash("shared")
+
+
+@pytest.mark.parametrize(("agent", "transfer_agent", "message"), [
+    ({"experiments": ["nope"]}, "shared", r"agents.shared.experiments.0: no experiment 'nope'"),
+    ({"budgets": ["flops2"]}, "shared", r"agents.shared.budgets.0"),
+    ({"settings": {"policy": {"budget_prior": False}}}, "shared", "needs the budget prior"),
+    ({"settings": {"learning_rate": 0.1}}, "shared", r"agents.shared.settings: unknown setting\(s\) learning_rate"),
+    ({}, "unknown", r"variants.gat_ppo_transfer_k8.settings.agent: 'unknown' is neither an agent"),
+])
+def test_bad_agents_name_the_key(agent, transfer_agent, message):
+    with pytest.raises(GraphpruneError, match=message):
+        config_from_dict(agents_config(agent, transfer_agent))

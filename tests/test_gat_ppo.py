@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import self_labelled_search
 from gymnasium.utils.env_checker import check_env
 from tianshou.data import Batch
 from torch import nn
 
-from graphprune.cost import CostModel, parse_target
+from graphprune.cost import parse_target
 from graphprune.errors import GraphpruneError
-from graphprune.graph import build_graph
 from graphprune.methods.base import BudgetedEvaluator, MethodContext, get_method
 from graphprune.methods.gat_ppo import repair_scores
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
@@ -23,8 +23,7 @@ from graphprune.methods.gat_ppo.reward import (
     RewardSettings,
     SelfCompetitionReward,
 )
-from graphprune.pruning import ChannelGroups, Mask
-from graphprune.search_eval import SearchEvaluator
+from graphprune.pruning import Mask
 
 INPUT_SHAPE = (1, 8, 8)
 USELESS = slice(0, 6)  # planted dead channels in every conv layer of the toy network
@@ -61,13 +60,7 @@ def planted_toy():
                 module.weight[6:].uniform_(0.5, 1.5)
         model.fc.weight.mul_(10.0)  # make every live channel sway the prediction
         model.fc.bias.zero_()
-        images = torch.randn(256, *INPUT_SHAPE)
-        labels = model(images).argmax(1)
-    groups = ChannelGroups(model, INPUT_SHAPE)
-    cost = CostModel(model, groups)
-    evaluator = SearchEvaluator(model, groups, images, labels, [images[:128]], recalibrate_bn=False)
-    graph = build_graph(model, groups, cost, images[:32])
-    return model, groups, cost, evaluator, graph
+    return model, *self_labelled_search(model, torch.randn(256, *INPUT_SHAPE), calibration_images=128)
 
 
 @pytest.fixture(scope="module")

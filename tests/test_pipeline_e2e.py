@@ -171,3 +171,31 @@ def test_adding_a_seed_or_a_variant_plans_only_its_own_jobs(finished_run):
     # seed 1 of every method, both seeds of the new variant, and nothing of seed 0 of the existing methods
     assert runs == {*((m, "1") for m in METHODS), ("gat_ppo_mlp", "0"), ("gat_ppo_mlp", "1")}
     assert sorted({rule for rule, _ in jobs}) == ["all", "finetune", "report", "search"]
+
+
+def test_a_shared_agent_is_trained_once_and_prunes_with_few_evaluations(finished_run):
+    """An agent trained on the tiny experiment's baseline (one round), then method gat_ppo_transfer with 4
+    evaluations: the plan holds one train_agent job before the transfer search, and both run for real."""
+    workdir, _ = finished_run
+    changed = copy.deepcopy(TINY_CONFIG)
+    changed["agents"] = {"tiny-agent": {
+        "experiments": [EXPERIMENT], "budgets": ["flops0.4", TARGET], "iterations": 1,
+        "settings": {"episodes_per_iteration": 8, "num_envs": 4, "margin_lr": 0.03}}}
+    experiment = changed["experiments"][EXPERIMENT]
+    experiment["variants"] = {"gat_ppo_transfer_k4": {"method": "gat_ppo_transfer", "settings": {"agent": "tiny-agent"},
+                                                      "evaluations": 4}}
+    experiment["methods"] = [*METHODS, "gat_ppo_transfer_k4"]
+    write_config(workdir, changed)
+    record_path = ResultPaths("results", EXPERIMENT).search_record("gat_ppo_transfer_k4", TARGET, 0)
+    try:
+        jobs = planned_jobs(workdir, record_path)
+        assert sorted(rule for rule, _ in jobs) == ["search", "train_agent"]
+        snakemake(workdir, record_path)
+    finally:
+        write_config(workdir, TINY_CONFIG)
+    agent = json.loads((workdir / "results/agents/tiny-agent/agent.json").read_text())
+    assert agent["episodes"] == 2 * 8 and agent["budgets"] == ["flops0.4", TARGET]
+    record = json.loads((workdir / record_path).read_text())
+    assert record["masks_evaluated"] == 4 == record["evaluations"] and record["flops_ratio"] <= 0.5 + 1e-9
+    assert record["agent"] == "results/agents/tiny-agent/agent.pt"
+    assert (workdir / "logs/agents/tiny-agent.log").is_file()

@@ -22,6 +22,7 @@ COMMANDS = (
     "graphprune.commands.prune",
     "graphprune.commands.restore",
     "graphprune.commands.search",
+    "graphprune.commands.agent",
     "graphprune.commands.finetune",
     "graphprune.commands.report",
 )

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.method_index import available_methods
 from graphprune.method_settings import METHOD_SETTINGS, parse_settings
 from graphprune.model_spec import ModelSpec
-from graphprune.paths import ResultPaths
+from graphprune.paths import ResultPaths, agent_path
 from graphprune.recipe import TrainRecipe
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -59,6 +59,7 @@ class Variant:
 
     method: str
     settings: Mapping[str, Any]
+    evaluations: int | None = None  # distinct masks it may score; None: the experiment's search.evaluations
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,17 @@ class Experiment:
             settings = _merged(settings, self.variants[method].settings)
         return settings
 
+    def evaluations(self, method: str) -> int:
+        """Distinct masks a method or variant may score: its variant's own `evaluations`, else search.evaluations."""
+        own = self.variants[method].evaluations if method in self.variants else None
+        return own if own is not None else self.search.evaluations
+
     def search_hash(self, method: str, seed: int) -> str:
         """Changes exactly when a method's masks would change (baseline, shared search settings, its own, seed)."""
         # The latency settings count only where a target is a latency budget: others never read them.
         uses_latency = any(parse_target(target).metric == "latency" for target in self.targets)
         shared = {k: v for k, v in asdict(self.search).items() if k != "methods" and (k != "latency" or uses_latency)}
+        shared["evaluations"] = self.evaluations(method)
         return stable_hash({"baseline": self.pretrain_hash, "search": shared, "method": self.base_method(method),
                             "settings": self.method_settings(method), "seed": seed})
 
@@ -120,12 +127,29 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class AgentTraining:
+    """One shared agent (config `agents.<name>`): trained on every (experiment, budget) pair, `iterations` PPO
+    iterations each, round-robin; `settings` are gat_ppo's (AgentSettings), the budget prior on by default."""
+
+    name: str
+    experiments: tuple[str, ...]
+    budgets: tuple[str, ...]
+    iterations: int
+    seed: int
+    settings: Mapping[str, Any]
+
+    def agent_settings(self) -> dict[str, Any]:
+        return _merged({"policy": {"budget_prior": True}}, self.settings)
+
+
+@dataclass(frozen=True)
 class Config:
     source: str  # where the config came from, for messages
     results_dir: str
     device: str
     experiments: Mapping[str, Experiment]
     logs_dir: str = "logs"
+    agents: Mapping[str, AgentTraining] = field(default_factory=dict)
 
     def experiment(self, name: str) -> Experiment:
         if name not in self.experiments:
@@ -136,6 +160,23 @@ class Config:
 
     def paths(self, experiment: str) -> ResultPaths:
         return ResultPaths(self.results_dir, experiment, self.logs_dir)
+
+    def agent(self, name: str) -> AgentTraining:
+        if name not in self.agents:
+            raise GraphpruneError(f"{self.source}: no agent '{name}'; known agents: {', '.join(self.agents) or 'none'}")
+        return self.agents[name]
+
+    def agent_file(self, agent: str) -> str:
+        """The agent.pt a `gat_ppo_transfer` setting names: a configured agent's, or the path itself."""
+        return agent_path(self.results_dir, agent) if agent in self.agents else agent
+
+    def training_hash(self, name: str) -> str:
+        """Changes exactly when the agent `name` would train differently (its networks, budgets, settings)."""
+        agent = self.agent(name)
+        return stable_hash({"baselines": [self.experiment(e).pretrain_hash for e in agent.experiments],
+                            "search": [asdict(self.experiment(e).search) for e in agent.experiments],
+                            "budgets": agent.budgets, "iterations": agent.iterations, "seed": agent.seed,
+                            "settings": agent.agent_settings()})
 
     def runs(self) -> list[tuple[str, str, str, int]]:
         """Every (experiment, method, target, seed) the pipeline searches and fine-tunes, in config order."""
@@ -157,7 +198,9 @@ def config_from_dict(data: Any, source: str = "config") -> Config:
     """Validate a config mapping (a copy; the input is left as it is) and build the typed Config."""
     data = validate(data, "#", source)
     experiments = {name: _experiment(name, raw) for name, raw in data["experiments"].items()}
-    return Config(source, data["results_dir"], data["device"], experiments, data["logs_dir"])
+    agents = {name: _agent(name, raw, experiments) for name, raw in data["agents"].items()}
+    _check_transfer_agents(experiments, agents)
+    return Config(source, data["results_dir"], data["device"], experiments, data["logs_dir"], agents)
 
 
 def train_recipe(raw: Mapping[str, Any], source: str = "train recipe") -> TrainRecipe:
@@ -219,7 +262,8 @@ def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
         input_size=info.input_size,
         weights=raw["model"]["weights"],
     )
-    variants = {variant: Variant(spec["method"], spec["settings"]) for variant, spec in raw["variants"].items()}
+    variants = {variant: Variant(spec["method"], spec["settings"], spec["evaluations"])
+                for variant, spec in raw["variants"].items()}
     _check_methods(name, raw["methods"], raw["search"]["methods"], variants)
     for index, target in enumerate(raw["targets"]):
         try:
@@ -233,6 +277,40 @@ def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
     )
     _check_method_settings(experiment)
     return experiment
+
+
+def _agent(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Experiment]) -> AgentTraining:
+    where = f"agents.{name}"
+    for index, experiment in enumerate(raw["experiments"]):
+        if experiment not in experiments:
+            raise GraphpruneError(f"{where}.experiments.{index}: no experiment {experiment!r}; known experiments: "
+                                  f"{', '.join(experiments)}")
+    for index, budget in enumerate(raw["budgets"]):
+        try:
+            parse_target(budget)
+        except GraphpruneError as exc:
+            raise GraphpruneError(f"{where}.budgets.{index}: {exc}") from exc
+    agent = AgentTraining(name, tuple(raw["experiments"]), tuple(raw["budgets"]), raw["iterations"], raw["seed"],
+                          raw["settings"])
+    settings = parse_settings(METHOD_SETTINGS["gat_ppo"], agent.agent_settings(), f"{where}.settings")
+    if not settings.policy.budget_prior:
+        raise GraphpruneError(f"{where}.settings.policy.budget_prior: a shared agent needs the budget prior (without "
+                              "it the keep logits start at one budget's bias)")
+    return agent
+
+
+def _check_transfer_agents(experiments: Mapping[str, Experiment], agents: Mapping[str, AgentTraining]) -> None:
+    """Every gat_ppo_transfer method names a configured agent or an agent.pt file."""
+    for experiment in experiments.values():
+        for method in experiment.methods:
+            if experiment.base_method(method) != "gat_ppo_transfer":
+                continue
+            agent = experiment.method_settings(method).get("agent", "")
+            if agent not in agents and not agent.endswith(".pt"):
+                where = (f"experiments.{experiment.name}.variants.{method}.settings.agent" if method in experiment.variants
+                         else f"experiments.{experiment.name}.search.methods.gat_ppo_transfer.agent")
+                raise GraphpruneError(f"{where}: {agent!r} is neither an agent of this config ("
+                                      f"{', '.join(agents) or 'none'}) nor the path of an agent.pt")
 
 
 def _check_method_settings(experiment: Experiment) -> None:

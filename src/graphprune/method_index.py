@@ -17,6 +17,7 @@ METHOD_MODULES: dict[str, str] = {
     "gnnrl": "graphprune.methods.gnnrl",
     "amc": "graphprune.methods.amc",
     "gat_ppo": "graphprune.methods.gat_ppo",
+    "gat_ppo_transfer": "graphprune.methods.gat_ppo.transfer",
     "l1_ratio_search": "graphprune.methods.heuristics",
 }
 

@@ -216,11 +216,29 @@ class AgentSettings:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TransferSettings:
+    """Settings of `gat_ppo_transfer`: prune with a trained shared agent (docs/TRANSFER.md).
+
+    agent: the name of an agent in the config's `agents` section, or the path of an agent.pt. The search scores
+    the agent's greedy mask first, then samples with its policy until the evaluations are spent; with
+    keep_training it also runs PPO updates on those samples (the agent's settings), else the policy stays fixed.
+    """
+
+    agent: str = ""
+    keep_training: bool = False
+
+    def __post_init__(self):
+        if not self.agent:
+            raise GraphpruneError("gat_ppo_transfer needs `agent`: an agent name from the config's agents "
+                                  "section or the path of an agent.pt")
+
+
 # Registry name -> settings type (the methods' `settings_type`; tests check the two agree).
 METHOD_SETTINGS: dict[str, type] = {
     "random": NoSettings, "l1_uniform": NoSettings, "global_bn": NoSettings, "depgraph": NoSettings,
     "random_search": RatioSearchSettings, "l1_ratio_search": RatioSearchSettings,
-    "amc": AmcSettings, "gnnrl": GnnRlSettings, "gat_ppo": AgentSettings,
+    "amc": AmcSettings, "gnnrl": GnnRlSettings, "gat_ppo": AgentSettings, "gat_ppo_transfer": TransferSettings,
 }
 
 

@@ -12,6 +12,15 @@ import posixpath
 from dataclasses import dataclass
 
 
+def agent_dir(root: str, name: str) -> str:
+    """Folder of the shared agent `name` (graphprune train-agent): agent.pt, its training log and its tasks."""
+    return posixpath.join(root, "agents", name)
+
+
+def agent_path(root: str, name: str) -> str:
+    return posixpath.join(agent_dir(root, name), "agent.pt")
+
+
 @dataclass(frozen=True)
 class ResultPaths:
     """Paths of one experiment's artifacts under `root` and of its logs under `logs_root`."""

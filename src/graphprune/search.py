@@ -89,8 +89,10 @@ def run_search(config: Config, setup: PruningSetup, method: str, target: str, se
     pruning_method = get_method(experiment.base_method(method))
     graph = setup.graph if pruning_method.needs_graph else None
     context = MethodContext(setup.model, setup.groups, setup.cost, graph, setup.evaluator, seed=seed,
-                            out_dir=search_dir, evaluations=experiment.search.evaluations)
+                            out_dir=search_dir, evaluations=experiment.evaluations(method))
     settings = experiment.method_settings(method)
+    if experiment.base_method(method) == "gat_ppo_transfer":  # a configured agent is read from its results
+        settings["agent"] = config.agent_file(settings["agent"])
     result = pruning_method.search(context, budget, settings)
     record = {**result.record, "method": method, "base_method": experiment.base_method(method), "seed": seed,
               "search_top1": setup.evaluator(result.mask), "settings": settings, "threads": torch.get_num_threads(),

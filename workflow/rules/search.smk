@@ -6,6 +6,7 @@ rule search:
     input:
         model=RESULTS.baseline_model(),
         graph=RESULTS.graph(),
+        agent=transfer_agent,
     output:
         mask=RESULTS.mask("{method}", "{target}", "{seed}"),
         record=RESULTS.search_record("{method}", "{target}", "{seed}"),

@@ -13,7 +13,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.graph import topological_group_order
 from graphprune.method_settings import AgentSettings
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
-from graphprune.methods.gat_ppo.agent import GatPpoSearch
+from graphprune.methods.gat_ppo.agent import GatPpoSearch, SearchResult
 from graphprune.methods.heuristics import filter_l1_scores
 
 
@@ -27,25 +27,36 @@ class GatPpo(PruningMethod):
     draws_progress = True  # iterations with best accuracy and multiplier
 
     def choose(self, context: MethodContext, budget: Budget, settings: AgentSettings) -> MethodResult:
-        if context.out_dir is None:
-            raise GraphpruneError("gat_ppo needs an output folder for its checkpoint and search log")
-        graph = context.graph
-        if tuple(graph.group_sizes) != context.groups.sizes:
-            raise GraphpruneError("the graph was built for another network; rebuild it with `graphprune graph`")
-        order = topological_group_order(graph.group_roots, graph.layer_names)
-        search = GatPpoSearch(
-            graph, order, context.cost, budget, context.evaluator, repair_scores(context), settings,
-            seed=context.seed, out_dir=context.out_dir, min_channels=context.groups.min_channels,
-        )
+        search = build_search(context, budget, settings)
         try:
-            result = search.run()
-            _, greedy_top1 = search.greedy_mask()
+            return search_result(search, search.run())
         finally:
             search.close()
-        record = {"episodes": result.episodes,
-                  "search_top1": result.search_top1, "greedy_policy_search_top1": greedy_top1,
-                  "notes": f"stopped on {result.record['stop_reason']}", **result.record}
-        return MethodResult(result.mask, record)
+
+
+def build_search(context: MethodContext, budget: Budget, settings: AgentSettings) -> GatPpoSearch:
+    """The agent of `settings` on the context's network (graph, cost, evaluator) and `budget`."""
+    if context.out_dir is None:
+        raise GraphpruneError("gat_ppo needs an output folder for its checkpoint and search log")
+    graph = context.graph
+    if graph is None:
+        raise GraphpruneError("gat_ppo needs the network graph; build it with `graphprune graph`")
+    if tuple(graph.group_sizes) != context.groups.sizes:
+        raise GraphpruneError("the graph was built for another network; rebuild it with `graphprune graph`")
+    order = topological_group_order(graph.group_roots, graph.layer_names)
+    return GatPpoSearch(
+        graph, order, context.cost, budget, context.evaluator, repair_scores(context), settings,
+        seed=context.seed, out_dir=context.out_dir, min_channels=context.groups.min_channels,
+    )
+
+
+def search_result(search: GatPpoSearch, result: SearchResult, **extra) -> MethodResult:
+    """The method's result: the best mask, with the search record and the final greedy policy's accuracy."""
+    _, greedy_top1 = search.greedy_mask()
+    record = {"episodes": result.episodes,
+              "search_top1": result.search_top1, "greedy_policy_search_top1": greedy_top1,
+              "notes": f"stopped on {result.record['stop_reason']}", **result.record, **extra}
+    return MethodResult(result.mask, record)
 
 
 def repair_scores(context: MethodContext) -> list[np.ndarray]:

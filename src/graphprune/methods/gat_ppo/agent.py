@@ -62,6 +62,7 @@ ITERATION_COLUMNS = ("iteration", "episodes", "masks_evaluated", "sampled_mean",
 CHECKPOINT_NAME = "agent.pt"
 LOG_NAME = "log.csv"
 ITERATIONS_NAME = "iterations.csv"
+OPTIMIZERS_KEY = PPO._STATE_DICT_KEY_OPTIMIZERS  # where Tianshou's state_dict keeps the optimizer states
 # Where the policy rates channels alike (at the start every keep probability is the same), filter L1 decides.
 L1_TIE_BREAK = 1e-6
 
@@ -148,11 +149,12 @@ class GatPpoSearch:
         self.seconds = 0.0
         self.timing = {"collect": 0.0, "update": 0.0, "env_step": 0.0, "evaluation": 0.0}
         self.stop_reason = ""
+        self.learn = True  # False: sample with the policy as it is (a trained agent), no PPO updates
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self, stop_after_iterations: int | None = None) -> SearchResult:
         """Search until a stop criterion; `stop_after_iterations` simulates an interruption (tests)."""
-        self._resume()
+        self.resume()
         s = self.settings
         evaluator = self.evaluator
         max_episodes = MAX_EPISODES_PER_EVALUATION * evaluator.limit
@@ -169,9 +171,9 @@ class GatPpoSearch:
                 break
             before, evaluated = (self.best[0] if self.best else None), evaluator.masks_evaluated
             # The last iteration runs only as many episodes as evaluations are left, so no search overshoots.
-            self._iterate(min(s.episodes_per_iteration, evaluator.remaining))
+            self.iterate(min(s.episodes_per_iteration, evaluator.remaining))
             self.seconds = time.perf_counter() - started
-            self._save_checkpoint()
+            self.save_checkpoint()
             if self.best and self.best[0] != before:
                 best_iteration = self.iteration
             progress.update(evaluator.masks_evaluated - evaluated)
@@ -190,6 +192,49 @@ class GatPpoSearch:
 
     def close(self) -> None:
         self.envs.close()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The agent's learned weights (actor, critic, encoder): everything but its network's graph and the
+        optimizer, which is what a shared agent carries from one network to another."""
+        graph = self._graph_buffers()
+        return {k: v for k, v in self.algorithm.state_dict().items() if k not in graph and k != OPTIMIZERS_KEY}
+
+    def load_weights(self, weights: dict[str, torch.Tensor], optimizers=None, source: str = "agent") -> None:
+        """Take another agent's weights (and optimizer states) onto this network's graph; a GraphpruneError
+        names what differs when they were made with other policy settings."""
+        own = self.algorithm.state_dict()
+        expected = {k: v for k, v in own.items() if k not in self._graph_buffers() and k != OPTIMIZERS_KEY}
+        if set(weights) != set(expected):
+            missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+            raise GraphpruneError(f"{source} does not fit this agent's policy settings (missing {missing[:3]}, "
+                                  f"unexpected {extra[:3]})")
+        for key, value in weights.items():
+            if tuple(value.shape) != tuple(expected[key].shape):
+                raise GraphpruneError(f"{source}: {key} has shape {tuple(value.shape)}, this agent's policy "
+                                      f"settings give {tuple(expected[key].shape)}")
+        own.update(weights)
+        if optimizers is not None:
+            own[OPTIMIZERS_KEY] = optimizers
+        self.algorithm.load_state_dict(own)
+        self.encoder.forget_static()
+
+    def share_from(self, other: GatPpoSearch) -> None:
+        """Continue training where `other` (the same agent on another network or budget) left off: its weights
+        and optimizer states, this search's own graph."""
+        state = other.algorithm.state_dict()
+        self.load_weights(other.weights(), state[OPTIMIZERS_KEY])
+
+    def _graph_buffers(self) -> set[str]:
+        return {name for name, _ in self.algorithm.named_buffers(remove_duplicate=False)}
+
+    def start_from_greedy(self) -> float:
+        """Spend the first evaluation on the greedy policy's mask and make it the best so far (a trained agent's
+        first guess); returns its search accuracy."""
+        mask, accuracy, _ = self._greedy_episode()
+        self.evaluator.charge(mask.key())
+        if self.best is None or accuracy > self.best[0]:
+            self.best = (accuracy, [list(k) for k in mask.kept])
+        return accuracy
 
     def greedy_mask(self) -> tuple[Mask, float]:
         """Run one episode with the policy's most likely actions: (repaired mask, its search accuracy).
@@ -221,7 +266,9 @@ class GatPpoSearch:
         mask = Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:]))
         return mask, float(info["search_top1"]), probabilities
 
-    def _iterate(self, episodes: int) -> None:
+    def iterate(self, episodes: int) -> None:
+        """One iteration: collect `episodes` episodes, reward them, update the multiplier, margin and (when
+        learning) the policy by PPO."""
         s = self.settings
         greedy_top1 = self._look_at_the_policy()
         t0 = time.perf_counter()
@@ -232,7 +279,9 @@ class GatPpoSearch:
                 self.collector.collect(n_episode=episodes, reset_before_collect=True)  # static pass is cached
             t1 = time.perf_counter()
             overshoots = self._assign_rewards()
-            self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size, repeat=s.update_repeats)
+            if self.learn:
+                self.algorithm.update(buffer=self.collector.buffer, batch_size=s.batch_size,
+                                      repeat=s.update_repeats)
         self._log_iteration(self.log_rows[first_episode:], greedy_top1)
         self.collector.reset_buffer(keep_statistics=False)
         self.encoder.forget_static()
@@ -308,7 +357,7 @@ class GatPpoSearch:
     def _checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
-    def _save_checkpoint(self) -> None:
+    def save_checkpoint(self) -> None:
         state = {
             "settings": self.settings.to_dict(), "seed": self.seed, "budget": str(self.budget),
             "evaluations": self.evaluator.limit, "threads": torch.get_num_threads(),
@@ -323,7 +372,8 @@ class GatPpoSearch:
         atomic_write_text(_csv(self.log_rows, LOG_COLUMNS), self.out_dir / LOG_NAME)
         atomic_write_text(_csv(self.iteration_rows, ITERATION_COLUMNS), self.out_dir / ITERATIONS_NAME)
 
-    def _resume(self) -> None:
+    def resume(self) -> None:
+        """Continue from the checkpoint in out_dir if it belongs to this search (else start over, logged)."""
         path = self._checkpoint_path()
         if not path.exists():
             return
