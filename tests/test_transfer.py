@@ -174,3 +174,20 @@ def test_bad_agent_files_are_clear_errors(networks, agent_dir, tmp_path):
 def test_shared_agent_needs_the_budget_prior(networks, tmp_path):
     with pytest.raises(GraphpruneError, match="budget_prior"):
         trainer(networks, tmp_path, AgentSettings(episodes_per_iteration=8, num_envs=4))
+
+
+def test_users_prune_their_own_network_with_a_trained_agent(agent_dir):
+    """graphprune.prune with method gat_ppo_transfer: the agent file and K evaluations, nothing else."""
+    import graphprune
+
+    torch.manual_seed(4)
+    model = ConvStack(4, 10).eval()
+    images = torch.randn(96, *INPUT_SHAPE)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    data = graphprune.PruneData.split(torch.utils.data.TensorDataset(images, labels), search_size=0.25)
+    result = graphprune.prune(model, images[:2], "flops0.5", method="gat_ppo_transfer", data=data,
+                              settings={"agent": str(agent_dir / "agent.pt")}, evaluations=6,
+                              latency_batch_sizes=())
+    assert result.metrics.masks_evaluated == 6 and result.metrics.flops_ratio <= 0.5 + 1e-9
+    assert result.metrics.max_abs_diff_masked_vs_pruned < 1e-4
