@@ -418,3 +418,17 @@ def test_search_is_bitwise_reproducible_with_two_threads(toy, tmp_path, caplog):
         assert [k for k in agent if not torch.equal(agent[k], agents[0][k])] == []
     assert len(pd.read_csv(tmp_path / "other_threads" / "log.csv")) == 16  # started over at 1 thread
     assert "2 torch threads" in caplog.text
+
+
+def test_checkpoint_of_another_network_starts_over(toy, tmp_path):
+    """A rerun after the baseline was retrained finds the old search's checkpoint: same settings, other weights."""
+    settings = small_settings()
+    run_search(toy, tmp_path, settings, evaluations=16)
+    state = torch.load(tmp_path / "agent.pt", weights_only=True)
+    assert state["network"] == toy[4].digest()
+    state["network"] = "0" * 16  # as saved on other weights
+    torch.save(state, tmp_path / "agent.pt")
+    scored = []
+    counting = (*toy[:3], lambda mask: scored.append(mask) or toy[3](mask), toy[4])
+    run_search(counting, tmp_path, settings, evaluations=16)
+    assert len({mask.key() for mask in scored}) >= 16

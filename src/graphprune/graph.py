@@ -16,6 +16,7 @@ weights, and never counts costs itself (that is `cost.CostModel`'s job).
 from __future__ import annotations
 
 import collections
+import hashlib
 import re
 import time
 from collections.abc import Sequence
@@ -174,6 +175,14 @@ class NetworkGraph:
         if name not in self._layer_index:
             raise KeyError(f"no layer node named {name!r}")
         return self.num_channel_nodes + self._layer_index[name]
+
+    def digest(self) -> str:
+        """A short hash of the features and edges: it changes with the network's weights (filter norms, BN,
+        activations), so a checkpoint can tell whether it was made on this very network."""
+        sha = hashlib.sha256()
+        for tensor in (self.data.x, self.data.edge_index, self.data.edge_attr):
+            sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return sha.hexdigest()[:16]
 
     def to_dict(self) -> dict:
         """Tensors, lists, numbers and strings only: loadable with `torch.load(weights_only=True)`."""

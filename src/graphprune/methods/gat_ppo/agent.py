@@ -87,6 +87,7 @@ class GatPpoSearch:
                  out_dir: str | Path, min_channels: int = 1, device: str | torch.device = "cpu"):
         self.settings, self.seed, self.budget, self.evaluator = settings, seed, budget, evaluator
         self.out_dir = Path(out_dir)
+        self.network = graph.digest()  # a checkpoint of another network (or of retrained weights) is not resumed
         sizes = graph.group_sizes
         self.layout = (EpisodeLayout.per_group if settings.episode == "per_group" else EpisodeLayout.one_shot)(
             sizes, order)
@@ -359,7 +360,7 @@ class GatPpoSearch:
 
     def save_checkpoint(self) -> None:
         state = {
-            "settings": self.settings.to_dict(), "seed": self.seed, "budget": str(self.budget),
+            "settings": self.settings.to_dict(), "seed": self.seed, "budget": str(self.budget), "network": self.network,
             "evaluations": self.evaluator.limit, "threads": torch.get_num_threads(),
             "iteration": self.iteration, "algorithm": self.algorithm.state_dict(),
             "reward": self.reward.state_dict(), "multiplier": self.multiplier.value,
@@ -381,6 +382,10 @@ class GatPpoSearch:
         if _settings_as_now(state.get("settings")) != self.settings.to_dict() or state.get("seed") != self.seed \
                 or state.get("budget") != str(self.budget) or state.get("evaluations") != self.evaluator.limit:
             log.warning("%s belongs to a search with other settings: starting over", path)
+            return
+        if state.get("network") != self.network:
+            log.warning("%s was saved by a search on another network (or on other weights of it): starting over",
+                        path)
             return
         if state.get("threads") != torch.get_num_threads():  # float sums split by thread: other results
             log.warning("%s was saved by a search with %s torch threads, this one has %d: starting over, as it "
