@@ -4,7 +4,7 @@ against gat_ppo trained from scratch on each network with its full budget.
 Reads the search records (and the scratch searches' log.csv) of configs/transfer.yaml and the agent's
 agent.json, runs nothing. Prints per (network, target): search top-1 (best mask, before fine-tuning; mean ± std
 over seeds) of the transfer agent at K = 1, 16, 64, of l1_ratio_search and amc at K = 16, 64, and of the
-scratch agent after K evaluations (its own log) and at the end; then the bar (transfer at K = 16 vs the
+scratch agent after its first K episodes (its log.csv; an episode scores at most one new mask) and at the end; then the bar (transfer at K = 16 vs the
 controls at 16, Welch's t-test, and its gap to scratch with the full budget) and the cost (the scratch
 agent's evaluations and seconds to reach transfer-K16's accuracy). Draws accuracy against evaluations.
 
@@ -96,7 +96,7 @@ def render(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     for (experiment, target), group in runs.groupby(["experiment", "target"], sort=False):
         top1 = {m: 100 * s.set_index("seed")["search_top1"] for m, s in group.groupby("method")}
         curve = curves[(curves["experiment"] == experiment) & (curves["target"] == target)]
-        lines += [f"## {experiment}, {target}", "", "| K | transfer | l1_ratio_search | amc | scratch after K |",
+        lines += [f"## {experiment}, {target}", "", "| K | transfer | l1_ratio_search | amc | scratch, best of its first K episodes |",
                   "|---|---|---|---|---|"]
         for k in KS:
             scratch_k = 100 * curve[curve["evaluations"] == k].set_index("seed")["best"]
@@ -141,9 +141,11 @@ def _to_reach(curve: pd.DataFrame, accuracy: float) -> tuple[int, float] | None:
 def draw(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
     """Search top-1 against evaluations per (network, target): scratch curve (mean ± band over seeds) and the
     points of the transfer agent and the controls (mean, error bar = std)."""
-    panels = list(runs.groupby(["experiment", "target"], sort=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False, sharey=False)
-    for ax, ((experiment, target), group) in zip(axes[0], panels, strict=True):
+    experiments, targets = list(dict.fromkeys(runs["experiment"])), list(dict.fromkeys(runs["target"]))
+    fig, axes = plt.subplots(len(targets), len(experiments), figsize=(4 * len(experiments), 3.2 * len(targets)),
+                             squeeze=False)
+    for (experiment, target), group in runs.groupby(["experiment", "target"], sort=False):
+        ax = axes[targets.index(target)][experiments.index(experiment)]
         curve = curves[(curves["experiment"] == experiment) & (curves["target"] == target)]
         if not curve.empty:
             stats = curve.groupby("evaluations")["best"].agg(["mean", "std"]).fillna(0.0)
@@ -159,6 +161,7 @@ def draw(runs: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
                             yerr=[v.std() if len(v) > 1 else 0 for _, v in points], marker="o", capsize=3,
                             color=color, label=label)
         ax.set_xscale("log")
+        ax.set_xticks([1, 16, 64, 512], ["1", "16", "64", "512"])
         ax.set_title(f"{experiment.removeprefix('digits-')}, {target}", fontsize=9)
         ax.set_xlabel("evaluations (distinct masks scored)")
         ax.set_ylabel("search top-1 %")
