@@ -121,14 +121,16 @@ def render(runs: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
                          f"(seed spread {spread:.2f} pp, Welch p = {p:.3f}): {verdict}")
         if scratch is not None:
             gap = scratch.mean() - transfer.mean()
-            lines.append(f"- scratch (512) - transfer K={BAR_K}: {gap:+.2f} pp "
-                         f"({'within' if gap <= 2 else 'not within'} 2 points)")
+            verdict = "transfer ahead" if gap < 0 else ("within 2 points" if gap <= 2 else "not within 2 points")
+            lines.append(f"- scratch (512) - transfer K={BAR_K}: {gap:+.2f} pp ({verdict})")
             reach = [_to_reach(curve[curve["seed"] == seed], value / 100) for seed, value in transfer.items()]
             evaluations = [r[0] for r in reach if r is not None]
             if evaluations:
                 seconds = [r[1] for r in reach if r is not None]
                 lines.append(f"- scratch reaches transfer K={BAR_K}'s accuracy after {_spread(evaluations, '.0f')} "
-                             f"evaluations, {_spread(seconds, '.0f')} s ({len(evaluations)} of {len(reach)} seeds)")
+                             f"episodes, {_spread(seconds, '.0f')} s ({len(evaluations)} of {len(reach)} seeds)")
+            else:
+                lines.append(f"- scratch does not reach transfer K={BAR_K}'s accuracy in any seed")
         lines.append("")
     return lines
 
