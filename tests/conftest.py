@@ -86,3 +86,31 @@ def self_labelled_search(model, images, calibration_images: int):
     cost = CostModel(model, groups)
     evaluator = SearchEvaluator(model, groups, images, labels, [images[:calibration_images]], recalibrate_bn=False)
     return groups, cost, evaluator, build_graph(model, groups, cost, images[:32])
+
+
+@pytest.fixture(scope="session")
+def tiny_agent(tmp_path_factory) -> Path:
+    """agent.pt of a shared agent trained for one iteration on a small conv net: any method test can use
+    gat_ppo_transfer with it (the agent reads any network's graph)."""
+    import torch
+    from torch import nn
+
+    from graphprune.cost import parse_target
+    from graphprune.method_settings import AgentSettings
+    from graphprune.methods.base import MethodContext
+    from graphprune.methods.gat_ppo.shared import SharedAgentTrainer, TrainingTask
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    groups, cost, evaluator, graph = self_labelled_search(model, torch.randn(64, 1, 8, 8), calibration_images=32)
+    out = tmp_path_factory.mktemp("tiny-agent")
+    task = TrainingTask("tiny", MethodContext(model, groups, cost, graph, evaluator), parse_target("flops0.5"), {})
+    settings = AgentSettings(episodes_per_iteration=4, num_envs=2, policy={"budget_prior": True, "hidden": 16})
+    trainer = SharedAgentTrainer([task], settings, iterations=1, seed=0, out_dir=out)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return out / "agent.pt"

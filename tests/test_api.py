@@ -162,10 +162,11 @@ def test_a_latency_budget_is_met_by_the_table_and_the_table_is_cached(model, lat
 
 
 @pytest.mark.parametrize("method", available_methods())
-def test_every_method_meets_a_latency_budget(model, latency_budget, method):
+def test_every_method_meets_a_latency_budget(model, latency_budget, method, tiny_agent):
     latency, target = latency_budget
     data = graphprune.PruneData.split(images(100), search_size=20)
-    settings = {"episodes_per_iteration": 4, "num_envs": 2, "policy": {"hidden": 16}} if method == "gat_ppo" else None
+    settings = {"gat_ppo": {"episodes_per_iteration": 4, "num_envs": 2, "policy": {"hidden": 16}},
+                "gat_ppo_transfer": {"agent": str(tiny_agent)}}.get(method)
     result = graphprune.prune(model, EXAMPLE, target=target, method=method, data=data, evaluations=4,
                               settings=settings, latency=latency, latency_batch_sizes=())
     assert result.metrics.predicted_latency_ratio <= float(target.removeprefix("latency"))
