@@ -170,6 +170,18 @@ class Config:
         """The agent.pt a `gat_ppo_transfer` setting names: a configured agent's, or the path itself."""
         return agent_path(self.results_dir, agent) if agent in self.agents else agent
 
+    def agent_inputs(self, name: str) -> tuple[list[str], list[str]]:
+        """(baseline models, graphs) of the experiments the agent `name` trains on: the train_agent rule's inputs."""
+        paths = [self.paths(e) for e in self.agent(name).experiments]
+        return [p.baseline_model() for p in paths], [p.graph() for p in paths]
+
+    def transfer_agent_files(self, experiment: str, method: str) -> list[str]:
+        """The agent.pt a gat_ppo_transfer search reads (none for other methods): a search rule's input."""
+        found = self.experiment(experiment)
+        if found.base_method(method) != "gat_ppo_transfer":
+            return []
+        return [self.agent_file(found.method_settings(method)["agent"])]
+
     def training_hash(self, name: str) -> str:
         """Changes exactly when the agent `name` would train differently (its networks, budgets, settings)."""
         agent = self.agent(name)

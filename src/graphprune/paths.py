@@ -21,6 +21,11 @@ def agent_path(root: str, name: str) -> str:
     return posixpath.join(agent_dir(root, name), "agent.pt")
 
 
+def agent_log(logs_root: str, name: str, suffix: str = "log") -> str:
+    """The train_agent job's log (suffix "log") or Snakemake benchmark file ("benchmark.tsv")."""
+    return posixpath.join(logs_root, "agents", f"{name}.{suffix}")
+
+
 @dataclass(frozen=True)
 class ResultPaths:
     """Paths of one experiment's artifacts under `root` and of its logs under `logs_root`."""

@@ -4,17 +4,17 @@
 
 rule train_agent:
     input:
-        models=lambda w: agent_inputs(w.agent, "baseline_model"),
-        graphs=lambda w: agent_inputs(w.agent, "graph"),
+        models=lambda w: GRAPHPRUNE_CONFIG.agent_inputs(w.agent)[0],
+        graphs=lambda w: GRAPHPRUNE_CONFIG.agent_inputs(w.agent)[1],
     output:
         agent=agent_path(GRAPHPRUNE_CONFIG.results_dir, "{agent}"),
     params:
         # Retrains exactly when the agent would train differently (its networks, budgets, settings).
         training_hash=lambda w: GRAPHPRUNE_CONFIG.training_hash(w.agent),
     log:
-        posixpath.join(GRAPHPRUNE_CONFIG.logs_dir, "agents", "{agent}.log"),
+        agent_log(GRAPHPRUNE_CONFIG.logs_dir, "{agent}"),
     benchmark:
-        posixpath.join(GRAPHPRUNE_CONFIG.logs_dir, "agents", "{agent}.benchmark.tsv")
+        agent_log(GRAPHPRUNE_CONFIG.logs_dir, "{agent}", "benchmark.tsv")
     threads: 1
     resources:
         gpu=GPU_JOBS,

@@ -1,6 +1,5 @@
 # Shared by every rule file: config validation (the package's schema), result paths, wildcard constraints.
 import os
-import posixpath
 import shutil
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from snakemake.utils import validate
 
 from graphprune.config import CONFIG_FILE_VARIABLE, config_from_dict, write_resolved_config
 from graphprune.method_index import search_priority
-from graphprune.paths import ResultPaths, agent_path
+from graphprune.paths import ResultPaths, agent_log, agent_path
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -37,19 +36,6 @@ RESULTS = ResultPaths(GRAPHPRUNE_CONFIG.results_dir, "{experiment}", GRAPHPRUNE_
 # which raises under the SLURM executor (no --cores there; the profile's set-threads decides).
 ALL_CORES = os.cpu_count() or 1
 GPU_JOBS = {"cuda": 1, "cpu": 0}.get(GRAPHPRUNE_CONFIG.device, int(shutil.which("nvidia-smi") is not None))
-
-
-def agent_inputs(agent, artifact):
-    """The `artifact` ("baseline_model" or "graph") of every experiment the shared agent `agent` trains on."""
-    return [getattr(GRAPHPRUNE_CONFIG.paths(e), artifact)() for e in GRAPHPRUNE_CONFIG.agent(agent).experiments]
-
-
-def transfer_agent(wildcards):
-    """The agent.pt a gat_ppo_transfer search reads (an agent of this config is built by train_agent)."""
-    experiment = GRAPHPRUNE_CONFIG.experiment(wildcards.experiment)
-    if experiment.base_method(wildcards.method) != "gat_ppo_transfer":
-        return []
-    return [GRAPHPRUNE_CONFIG.agent_file(experiment.method_settings(wildcards.method)["agent"])]
 
 
 wildcard_constraints:

@@ -6,7 +6,7 @@ rule search:
     input:
         model=RESULTS.baseline_model(),
         graph=RESULTS.graph(),
-        agent=transfer_agent,
+        agent=lambda w: GRAPHPRUNE_CONFIG.transfer_agent_files(w.experiment, w.method),
     output:
         mask=RESULTS.mask("{method}", "{target}", "{seed}"),
         record=RESULTS.search_record("{method}", "{target}", "{seed}"),
