@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 # Imported before any test runs main(): numba compiles these as the environment says (with JIT by default).
 from tianshou.algorithm.algorithm_base import _gae, _nstep_return
@@ -113,3 +114,13 @@ def test_commands_run_tianshou_helpers_without_jit_and_the_numbers_stay_the_same
     environment = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, check=True)
     assert run.stdout.strip().splitlines()[-1] == "1"  # a command's own process runs without the JIT
+
+
+def test_train_agent_errors_name_what_to_do(tiny_config, capsys):
+    stderr = expect_user_error(["train-agent", "--config", str(tiny_config), "--agent", "shared"], capsys)
+    assert "no agent 'shared'; known agents: none" in stderr
+    config = yaml.safe_load(tiny_config.read_text())
+    config["agents"] = {"shared": {"experiments": ["tiny"], "budgets": ["flops0.5"]}}
+    tiny_config.write_text(yaml.safe_dump(config))
+    stderr = expect_user_error(["train-agent", "--config", str(tiny_config), "--agent", "shared"], capsys)
+    assert "baseline/model.pt does not exist; run the stage that writes it first" in stderr
