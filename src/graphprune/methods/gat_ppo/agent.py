@@ -197,14 +197,17 @@ class GatPpoSearch:
     def weights(self) -> dict[str, torch.Tensor]:
         """The agent's learned weights (actor, critic, encoder): everything but its network's graph and the
         optimizer, which is what a shared agent carries from one network to another."""
+        return self._weights_in(self.algorithm.state_dict())
+
+    def _weights_in(self, state: dict) -> dict[str, torch.Tensor]:
         graph = self._graph_buffers()
-        return {k: v for k, v in self.algorithm.state_dict().items() if k not in graph and k != OPTIMIZERS_KEY}
+        return {k: v for k, v in state.items() if k not in graph and k != OPTIMIZERS_KEY}
 
     def load_weights(self, weights: dict[str, torch.Tensor], optimizers=None, source: str = "agent") -> None:
         """Take another agent's weights (and optimizer states) onto this network's graph; a GraphpruneError
         names what differs when they were made with other policy settings."""
         own = self.algorithm.state_dict()
-        expected = {k: v for k, v in own.items() if k not in self._graph_buffers() and k != OPTIMIZERS_KEY}
+        expected = self._weights_in(own)
         if set(weights) != set(expected):
             missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
             raise GraphpruneError(f"{source} does not fit this agent's policy settings (missing {missing[:3]}, "
@@ -223,7 +226,7 @@ class GatPpoSearch:
         """Continue training where `other` (the same agent on another network or budget) left off: its weights
         and optimizer states, this search's own graph."""
         state = other.algorithm.state_dict()
-        self.load_weights(other.weights(), state[OPTIMIZERS_KEY])
+        self.load_weights(other._weights_in(state), state[OPTIMIZERS_KEY])
 
     def _graph_buffers(self) -> set[str]:
         return {name for name, _ in self.algorithm.named_buffers(remove_duplicate=False)}
