@@ -162,6 +162,10 @@ def test_bad_agent_files_are_clear_errors(networks, agent_dir, tmp_path):
             run.search(context(net, out_dir=tmp_path / "search", evaluations=4), parse_target("flops0.5"),
                        {"agent": str(path)})
     state = torch.load(agent_dir / "agent.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "weights"}, tmp_path / "no_weights.pt")
+    with pytest.raises(GraphpruneError, match="lacks weights"):
+        run.search(context(net, out_dir=tmp_path / "search1", evaluations=4), parse_target("flops0.5"),
+                   {"agent": str(tmp_path / "no_weights.pt")})
     state["settings"]["policy"]["hidden"] = 16  # weights of a 32-wide policy under 16-wide settings
     torch.save(state, tmp_path / "narrow.pt")
     with pytest.raises(GraphpruneError, match="shape"):

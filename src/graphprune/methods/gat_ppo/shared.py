@@ -124,7 +124,8 @@ class SharedAgentTrainer:
         marker = self.out_dir / ROUND_FILE
         if not marker.is_file():
             return 0
-        done = int(marker.read_text().strip() or 0)
+        text = marker.read_text().strip()
+        done = int(text) if text.isdigit() else 0  # unreadable: no round counts as done
         for search in self.searches:
             search.resume()
         if any(search.iteration != done for search in self.searches):
@@ -171,6 +172,10 @@ def load_agent(path: str | Path) -> AgentFile:
     if state.get("format") != AGENT_FORMAT:
         raise GraphpruneError(f"{path} is not a graphprune agent (format {state.get('format')!r}, expected "
                               f"{AGENT_FORMAT!r}); write one with `graphprune train-agent`")
+    missing = [key for key in ("settings", "weights", "margin_fraction", "networks", "budgets") if key not in state]
+    if missing:
+        raise GraphpruneError(f"{path} lacks {', '.join(missing)}: an incomplete agent file; train it again with "
+                              "`graphprune train-agent`")
     settings = parse_settings(AgentSettings, state["settings"], f"{path}: settings")
     return AgentFile(settings, dict(state["weights"]), float(state["margin_fraction"]), list(state["networks"]),
                      list(state["budgets"]), {k: v for k, v in state.items() if k != "weights"})
