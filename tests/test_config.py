@@ -1,3 +1,4 @@
+import functools
 import os
 import re
 
@@ -130,6 +131,25 @@ def test_logs_dir_keeps_the_logs_of_configs_sharing_an_experiment_name_apart(rep
     assert load_config(repo_root / "configs/fashion-resnet20.yaml").logs_dir == "logs/bench"
 
 
+def test_search_hash_follows_the_settings_a_search_runs_with_not_how_they_are_spelled(monkeypatch):
+    """Defaults count: spelling one out changes no hash, a changed default changes the hashes it reaches."""
+    from graphprune import method_settings
+
+    def search_hash(settings):
+        variants = {"agent": {"method": "gat_ppo", "settings": settings}}
+        return config_from_dict(minimal_config(methods=["agent"], variants=variants)).experiment("exp") \
+            .search_hash("agent", 0)
+
+    default = search_hash({})
+    assert search_hash({"eps_clip": method_settings.AgentSettings().eps_clip, "policy": {"budget_prior": True}}) == default
+    assert search_hash({"eps_clip": 0.2}) != default
+    amc = config_from_dict(minimal_config(methods=["amc"])).experiment("exp").search_hash("amc", 0)
+    monkeypatch.setattr(method_settings.AgentSettings, "__init__", functools.partialmethod(
+        method_settings.AgentSettings.__init__, update_repeats=99))  # as if the default had changed
+    assert search_hash({}) != default
+    assert config_from_dict(minimal_config(methods=["amc"])).experiment("exp").search_hash("amc", 0) == amc
+
+
 def test_a_variant_may_have_its_own_evaluation_budget():
     experiment = config_from_dict(minimal_config(
         methods=["amc", "amc_k16"], variants={"amc_k16": {"method": "amc", "evaluations": 16}},
@@ -153,7 +173,7 @@ def test_agents_are_parsed_with_their_settings_and_files():
     config = config_from_dict(agents_config())
     agent = config.agent("shared")
     assert (agent.experiments, agent.budgets, agent.iterations, agent.seed) == (("exp",), ("flops0.3", "flops0.5"), 8, 0)
-    assert agent.agent_settings() == {"policy": {"budget_prior": True}}
+    assert agent.settings == {}
     assert config.agent_file("shared") == "results/agents/shared/agent.pt"
     assert config.agent_file("elsewhere/agent.pt") == "elsewhere/agent.pt"
     hash_now = config.training_hash("shared")

@@ -177,7 +177,7 @@ def test_bad_agent_files_are_clear_errors(networks, agent_dir, tmp_path):
 
 def test_shared_agent_needs_the_budget_prior(networks, tmp_path):
     with pytest.raises(GraphpruneError, match="budget_prior"):
-        trainer(networks, tmp_path, AgentSettings(episodes_per_iteration=8, num_envs=4))
+        trainer(networks, tmp_path, AgentSettings(episodes_per_iteration=8, num_envs=4, policy={"budget_prior": False}))
 
 
 def test_users_prune_their_own_network_with_a_trained_agent(agent_dir):

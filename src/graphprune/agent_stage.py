@@ -28,7 +28,7 @@ def train_agent(config: Config, name: str, device: str | None = None) -> dict:
     from graphprune.methods.gat_ppo.shared import SharedAgentTrainer, TrainingTask
 
     agent = config.agent(name)
-    settings = parse_settings(AgentSettings, agent.agent_settings(), f"agents.{name}.settings")
+    settings = parse_settings(AgentSettings, agent.settings, f"agents.{name}.settings")
     tasks = []
     for experiment_name in agent.experiments:
         experiment = config.experiment(experiment_name)

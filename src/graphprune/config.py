@@ -107,8 +107,9 @@ class Experiment:
         uses_latency = any(parse_target(target).metric == "latency" for target in self.targets)
         shared = {k: v for k, v in asdict(self.search).items() if k != "methods" and (k != "latency" or uses_latency)}
         shared["evaluations"] = self.evaluations(method)
-        return stable_hash({"baseline": self.pretrain_hash, "search": shared, "method": self.base_method(method),
-                            "settings": self.method_settings(method), "seed": seed})
+        base = self.base_method(method)
+        return stable_hash({"baseline": self.pretrain_hash, "search": shared, "method": base,
+                            "settings": resolved_settings(base, self.method_settings(method)), "seed": seed})
 
     def finetune_hash(self, method: str, seed: int) -> str:
         return stable_hash({"search": self.search_hash(method, seed), "finetune": asdict(self.finetune)})
@@ -137,9 +138,6 @@ class AgentTraining:
     iterations: int
     seed: int
     settings: Mapping[str, Any]
-
-    def agent_settings(self) -> dict[str, Any]:
-        return _merged({"policy": {"budget_prior": True}}, self.settings)
 
 
 @dataclass(frozen=True)
@@ -188,7 +186,7 @@ class Config:
         return stable_hash({"baselines": [self.experiment(e).pretrain_hash for e in agent.experiments],
                             "search": [asdict(self.experiment(e).search) for e in agent.experiments],
                             "budgets": agent.budgets, "iterations": agent.iterations, "seed": agent.seed,
-                            "settings": agent.agent_settings()})
+                            "settings": resolved_settings("gat_ppo", agent.settings)})
 
     def runs(self) -> list[tuple[str, str, str, int]]:
         """Every (experiment, method, target, seed) the pipeline searches and fine-tunes, in config order."""
@@ -242,6 +240,12 @@ def validate(data: Any, definition: str, source: str) -> Any:
         where = ".".join(str(part) for part in error.absolute_path)
         raise GraphpruneError(f"{source}: {where + ': ' if where else ''}{error.message}")
     return data
+
+
+def resolved_settings(base_method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting of a method as it will run, defaults filled in: what result hashes take, so that a changed
+    default reruns the searches it changes and spelling out a default reruns nothing."""
+    return asdict(parse_settings(METHOD_SETTINGS[base_method], settings, f"settings of {base_method}"))
 
 
 def stable_hash(data: Any) -> str:
@@ -304,7 +308,7 @@ def _agent(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Experime
             raise GraphpruneError(f"{where}.budgets.{index}: {exc}") from exc
     agent = AgentTraining(name, tuple(raw["experiments"]), tuple(raw["budgets"]), raw["iterations"], raw["seed"],
                           raw["settings"])
-    settings = parse_settings(METHOD_SETTINGS["gat_ppo"], agent.agent_settings(), f"{where}.settings")
+    settings = parse_settings(METHOD_SETTINGS["gat_ppo"], agent.settings, f"{where}.settings")
     if not settings.policy.budget_prior:
         raise GraphpruneError(f"{where}.settings.policy.budget_prior: a shared agent needs the budget prior (without "
                               "it the keep logits start at one budget's bias)")

@@ -125,8 +125,8 @@ class PolicySettings:
     # bias: first samples already favour strong filters, and the policy learns where to depart from them.
     prior_strength: float = 2.0
     # Add logit(q) to every keep logit, q the keep fraction of the undecided groups that lands the mask on the
-    # budget (recomputed at every step), instead of a constant start at logit(sqrt(budget)).
-    budget_prior: bool = False
+    # budget (recomputed at every step); false: a constant start at logit(sqrt(budget)) instead.
+    budget_prior: bool = True
     log_prob: str = "joint"  # "mean" let a shift of every bit at once through the clip: the policy collapsed
 
     def __post_init__(self):
@@ -166,13 +166,16 @@ class AgentSettings:
     feasibility_wall: bool = False  # cut a step's kept channels when the rest could no longer meet the budget
     max_seconds: float | None = None  # stop after this much wall time (checked between iterations)
     plateau_iterations: int | None = None  # stop when the best has not improved for this many iterations
-    lr: float = 1e-3
-    eps_clip: float = 0.2
+    # PPO moves the policy further per batch than the usual 1e-3 / 0.2 / 8: a step's ratio is the product over
+    # up to 64 keep bits, so clip 0.2 let each bit move by about 0.2 / 64 per update and after 512 episodes the
+    # greedy policy was still 12-19 points below the best sample (docs/AGENT.md, "How far PPO moves").
+    lr: float = 3e-3
+    eps_clip: float = 0.5
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     gae_lambda: float = 0.95
     gamma: float = 1.0  # episodic, terminal reward only
-    update_repeats: int = 8
+    update_repeats: int = 16
     target_kl: float | None = None  # stop an update's epochs once the approximate KL passes this (CleanRL)
     batch_size: int = 64
     max_grad_norm: float = 0.5
@@ -181,7 +184,8 @@ class AgentSettings:
     lagrange_max: float = 5.0  # a larger multiplier drove the policy to prune everything (measured)
     # The budget prior's margin (policy.budget_prior): its keep fraction aims this far below the budget, by dual
     # ascent on the share of episodes over budget toward margin_target; margin_lr 0 keeps it at the budget.
-    margin_lr: float = 0.0
+    # Without the budget prior there is nothing to aim, and the margin stays 0.
+    margin_lr: float = 0.03
     margin_target: float = 0.05
     repair: str = "agent"  # over-budget episodes drop the channels "agent" (its keep probabilities) or "l1" rates lowest
     greedy_every: int = 1  # score the greedy policy every this many iterations (a diagnostic: no evaluation spent)
@@ -208,9 +212,6 @@ class AgentSettings:
             raise GraphpruneError("search.methods.gat_ppo.greedy_every must be at least 1")
         if self.margin_lr < 0 or not (0.0 <= self.margin_target < 1.0):
             raise GraphpruneError("search.methods.gat_ppo: margin_lr must be >= 0 and margin_target in [0, 1)")
-        if self.margin_lr > 0 and not self.policy.budget_prior:
-            raise GraphpruneError("search.methods.gat_ppo: margin_lr moves the budget prior's aim; it needs "
-                                  "policy.budget_prior: true")
 
     def to_dict(self) -> dict:
         return asdict(self)

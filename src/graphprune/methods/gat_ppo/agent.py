@@ -96,7 +96,8 @@ class GatPpoSearch:
         self.l1_scores = [np.asarray(i, dtype=np.float64) for i in importance]
         self.repair_scores = self.l1_scores  # what repair drops first: the lowest; the agent's from iteration 1
 
-        self.margin = BudgetMargin(lr=settings.margin_lr, target_share=settings.margin_target,
+        self.margin = BudgetMargin(lr=settings.margin_lr if settings.policy.budget_prior else 0.0,
+                                   target_share=settings.margin_target,
                                    max_value=budget.ratio / 2)
 
         def make_env(evaluate=evaluator) -> PruningEnv:
@@ -474,11 +475,20 @@ class MeasuredPPO(PPO):
         }
 
 
+# Fields added after checkpoints were first written, at the value that means "as before they existed" (their
+# defaults have changed since).
+ADDED_FIELDS = {"margin_lr": 0.0, "policy": {"budget_prior": False}}
+
+
 def _settings_as_now(saved: dict | None) -> dict | None:
-    """A checkpoint's settings with the fields added since it was written at their defaults (the search it
-    ran had none of them); None where they no longer parse (a removed field): then it cannot resume."""
+    """A checkpoint's settings with the fields added since it was written at the values the search it ran had
+    (ADDED_FIELDS, else their defaults); None where they no longer parse (a removed field): then it cannot
+    resume."""
+    if not saved:
+        return None
+    saved = {**ADDED_FIELDS, **saved, "policy": {**ADDED_FIELDS["policy"], **saved.get("policy", {})}}
     try:
-        return parse_settings(AgentSettings, saved, "checkpoint settings").to_dict() if saved else None
+        return parse_settings(AgentSettings, saved, "checkpoint settings").to_dict()
     except GraphpruneError:
         return None
 
