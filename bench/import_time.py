@@ -17,7 +17,7 @@ import time
 from common import machine_summary
 
 MODULES = ("torch", "torchvision", "torch_geometric", "tianshou", "sklearn.datasets", "graphprune.pretrain",
-           "graphprune.finetune", "graphprune.search", "graphprune.methods.heuristics", "graphprune.methods.amc",
+           "graphprune.finetune_stage", "graphprune.search", "graphprune.methods.heuristics", "graphprune.methods.amc",
            "graphprune.methods.gat_ppo")
 # row -> code run in a fresh interpreter
 SNIPPETS = {**{module: f"import {module}" for module in MODULES},

@@ -48,6 +48,17 @@ def model():
 EXAMPLE = torch.zeros(2, 1, 8, 8)
 
 
+def test_no_module_of_the_package_shadows_an_api_function():
+    """Importing a submodule sets the package attribute of its name: a module `graphprune/finetune.py` made
+    `graphprune.finetune(...)` fail with "'module' object is not callable" once the CLI had fine-tuned in the
+    same process."""
+    import pkgutil
+
+    modules = {module.name for module in pkgutil.iter_modules(graphprune.__path__)}
+    assert not modules & set(graphprune.__all__)
+    assert all(callable(getattr(graphprune, name)) for name in graphprune.__all__ if name != "__version__")
+
+
 def test_heuristic_needs_no_data_and_pruning_is_exact(model, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = graphprune.prune(model, EXAMPLE, target="flops0.5", method="l1_uniform", latency_batch_sizes=())

@@ -75,7 +75,7 @@ def test_the_stages_of_a_heuristic_run_on_digits_import_no_torchvision_pyg_or_ti
     on digits."""
     script = """
 import json, sys
-import graphprune.finetune, graphprune.pretrain, graphprune.search
+import graphprune.finetune_stage, graphprune.pretrain, graphprune.search
 from graphprune.config import load_config
 from graphprune.data import load_splits
 from graphprune.methods import get_method

@@ -47,7 +47,7 @@ TINY_CONFIG = {
         "methods": METHODS,
         "seeds": [0],
         "search": {"evaluations": EVALUATIONS,
-                   "methods": {"gat_ppo": {"episodes_per_iteration": 16, "num_envs": 4}}},
+                   "methods": {"gat_ppo": {"episodes_per_iteration": 16, "num_envs": 4, "update_repeats": 4}}},
     }},
 }
 
@@ -180,7 +180,7 @@ def test_a_shared_agent_is_trained_once_and_prunes_with_few_evaluations(finished
     changed = copy.deepcopy(TINY_CONFIG)
     changed["agents"] = {"tiny-agent": {
         "experiments": [EXPERIMENT], "budgets": ["flops0.4", TARGET], "iterations": 1,
-        "settings": {"episodes_per_iteration": 8, "num_envs": 4, "margin_lr": 0.03}}}
+        "settings": {"episodes_per_iteration": 8, "num_envs": 4, "update_repeats": 4}}}
     experiment = changed["experiments"][EXPERIMENT]
     experiment["variants"] = {"gat_ppo_transfer_k4": {"method": "gat_ppo_transfer", "settings": {"agent": "tiny-agent"},
                                                       "evaluations": 4}}
