@@ -438,3 +438,54 @@ def test_checkpoint_of_another_network_starts_over(toy, tmp_path):
     counting = (*toy[:3], lambda mask: scored.append(mask) or toy[3](mask), toy[4])
     run_search(counting, tmp_path, settings, evaluations=16)
     assert len({mask.key() for mask in scored}) >= 16
+
+
+@pytest.mark.parametrize("encoder", ["gat", "mlp"])
+def test_actor_and_critic_share_one_static_pass_with_the_gradients_of_two(toy, tmp_path, encoder):
+    """A PPO minibatch's actor and critic read the static embedding and the state diffusion of one pass, and
+    the weights' gradients are bit for bit those of a pass per reader, and (gat) of GATv2 making its own
+    self-loops in every call, as before the self-loops were made once."""
+    model, groups, cost, evaluator, graph = toy
+    context = MethodContext(model, groups, cost, graph, evaluator)
+    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.5"),
+                          BudgetedEvaluator(evaluator, 1), repair_scores(context),
+                          small_settings(policy={"encoder": encoder, "hidden": 64}), seed=0, out_dir=tmp_path)
+    policy, critic, shared = search.algorithm.policy, search.algorithm.critic, search.encoder
+    parameters = list({id(p): p for p in [*policy.parameters(), *critic.parameters()]}.values())
+    with torch.no_grad():  # zero at the start, where no gradient reaches the encoder through the actor
+        for head in (policy.actor.head, policy.actor.group_head):
+            head[-1].weight.normal_()
+    rng = np.random.default_rng(0)
+    obs = Batch(kept=rng.integers(0, 2, (48, graph.num_channel_nodes)).astype(np.float32),
+                decided=rng.integers(0, 2, (48, graph.num_channel_nodes)).astype(np.float32),
+                budget=rng.random((48, 6)).astype(np.float32), step=rng.integers(0, len(groups), (48, 1)),
+                keep_to_budget=rng.random((48, 1)))
+    passes = []
+    attend = shared._attend
+    shared._attend = lambda: passes.append(1) or attend()
+
+    def gradients(separate: bool) -> list[torch.Tensor]:
+        for p in parameters:
+            p.grad = None
+        logits = policy(Batch(obs=obs, info={})).logits
+        if separate:
+            shared.forget_static()
+        (logits.mean() + critic(obs).mean()).backward()
+        shared.forget_static()
+        return [p.grad.clone() for p in parameters]
+
+    try:
+        now = gradients(separate=False)
+        assert len(passes) == 1
+        two_passes = gradients(separate=True)
+        assert len(passes) == 3
+        for conv in shared.layers if encoder == "gat" else []:  # GATv2 adds its self-loops to the raw edges
+            conv.add_self_loops = True
+        shared.looped_edge_index, shared.looped_edge_attr = shared.edge_index, shared.edge_attr
+        pyg_loops = gradients(separate=True)
+    finally:
+        search.close()
+    static = {id(p) for p in shared._static_parameters()}
+    assert all(g.abs().sum() > 0 for p, g in zip(parameters, now, strict=True) if id(p) in static)
+    for other in (two_passes, pyg_loops):
+        assert [i for i, (a, b) in enumerate(zip(now, other, strict=True)) if not torch.equal(a, b)] == []

@@ -67,6 +67,7 @@ def test_batched_attention_equals_gatv2conv_on_disjoint_copies(graph, monkeypatc
     torch.manual_seed(0)
     encoder = GraphEncoder(graph, PolicySettings(encoder="gat_state"))
     conv = encoder.layers[0]
+    conv.add_self_loops = True  # the reference: GATv2Conv making its self-loops, as PyG runs it
     x = torch.randn(graph.num_nodes, 4, 32, requires_grad=True)
     copies = GraphBatch.from_data_list([Data(x=x[:, i], edge_index=graph.data.edge_index,
                                              edge_attr=graph.data.edge_attr.float()) for i in range(4)])

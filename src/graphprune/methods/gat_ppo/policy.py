@@ -64,6 +64,30 @@ class JointBernoulli(IndependentBernoulli):
         return self.base_dist.entropy().sum(-1)
 
 
+class _TwoReaders(torch.autograd.Function):
+    """`compute()` (a function of `parameters`) computed once and handed out twice. Each copy's gradient goes
+    back through a backward pass of its own, and a parameter's gradient is the sum of the two: what two
+    separate passes give, bit for bit (a sum of two terms does not depend on their order), for one forward."""
+
+    @staticmethod
+    def forward(ctx, compute, *parameters):
+        with torch.enable_grad():
+            result = compute()
+        ctx.result, ctx.parameters = result, parameters
+        ctx.set_materialize_grads(False)  # a copy nobody used sends None: no backward pass for it
+        return result.detach(), result.detach().clone()
+
+    @staticmethod
+    def backward(ctx, *copy_grads):
+        total = [None] * len(ctx.parameters)
+        for grad in copy_grads:
+            if grad is None:
+                continue
+            parts = torch.autograd.grad(ctx.result, ctx.parameters, grad, retain_graph=True, allow_unused=True)
+            total = [p if t is None else t if p is None else t + p for t, p in zip(total, parts, strict=True)]
+        return None, *total
+
+
 class GraphEncoder(nn.Module):
     """Node embeddings of a batch of states of one network graph.
 
@@ -93,6 +117,10 @@ class GraphEncoder(nn.Module):
         self.register_buffer("x_static", static)  # [N, F]
         self.register_buffer("edge_index", data.edge_index.long().clone())  # [2, E]
         self.register_buffer("edge_attr", data.edge_attr.float().clone())  # [E, A]
+        # The edges GATv2 attends over (one self-loop per node), made once here instead of in every call.
+        looped_index, looped_attr = _self_looped(data.edge_index, data.edge_attr.float(), graph.num_nodes)
+        self.register_buffer("looped_edge_index", looped_index, persistent=False)  # [2, E']
+        self.register_buffer("looped_edge_attr", looped_attr, persistent=False)  # [E', A]
         # Derived from the graph, so not saved with the weights (persistent=False).
         self.register_buffer("mean_adjacency", _mean_adjacency(data.edge_index, graph.num_nodes), persistent=False)
         self.num_channels = graph.num_channel_nodes
@@ -105,7 +133,8 @@ class GraphEncoder(nn.Module):
         self.input = nn.Sequential(nn.Linear(inputs, hidden), nn.ELU())
         if settings.encoder in ("gat", "gat_state"):
             self.layers = nn.ModuleList(
-                GATv2Conv(hidden, hidden // settings.heads, heads=settings.heads, edge_dim=data.edge_attr.shape[1])
+                GATv2Conv(hidden, hidden // settings.heads, heads=settings.heads, edge_dim=data.edge_attr.shape[1],
+                          add_self_loops=False)  # the looped edges above
                 for _ in range(settings.layers)
             )
         else:
@@ -115,6 +144,8 @@ class GraphEncoder(nn.Module):
         self.combine = nn.Sequential(nn.Linear(hidden + dynamic_width, hidden), nn.ELU(), nn.LayerNorm(hidden))
         self.dynamic_width = dynamic_width
         self._static_cache: Tensor | None = None
+        self._second_reader: tuple | None = None  # (weights' versions, [N, H]) of the last pass with gradients
+        self._views_cache: tuple | None = None  # (obs, state_views(obs)) for the second reader of a minibatch
         self._state_cache: tuple | None = None  # (obs, key, [N, B, H]) of the last state-aware pass
         if settings.encoder == "gat_state":
             source, target, attributes = _attention_edges(data.edge_index, data.edge_attr.float(), graph.num_nodes)
@@ -128,26 +159,41 @@ class GraphEncoder(nn.Module):
                                                                      graph.num_nodes), persistent=False)
 
     def static_embedding(self) -> Tensor:
-        """[N, H]: attention over the static graph (per-node layers for the `mlp` encoder).
-
-        Without gradients (collecting episodes) the result is reused until `forget_static()`, which the
-        training loop calls after each update: it depends on the weights only, not on the state.
+        """[N, H]: attention over the static graph (per-node layers for the `mlp` encoder). It depends on the
+        weights only, not on the state:
+        - without gradients (collecting episodes) the result is reused until `forget_static()`, which the
+          training loop calls after each update;
+        - with gradients, a PPO minibatch asks twice with the same weights (actor, then critic): one forward
+          pass serves both, and each reader's gradient still goes back through a backward pass of its own
+          (`_TwoReaders`), so the weights' gradients are bit for bit those of two separate passes.
         """
-        if torch.is_grad_enabled():
-            self._static_cache = None
-            return self._attend()
-        if self._static_cache is None:
-            self._static_cache = self._attend()
-        return self._static_cache
+        if not torch.is_grad_enabled():
+            if self._static_cache is None:
+                self._static_cache = self._attend()
+            return self._static_cache
+        self._static_cache = None
+        weights = tuple(p._version for p in self.parameters())  # an optimizer step changes them
+        if self._second_reader is not None and self._second_reader[0] == weights:
+            embedding = self._second_reader[1]
+            self._second_reader = None
+            return embedding
+        first, second = _TwoReaders.apply(self._attend, *self._static_parameters())
+        self._second_reader = (weights, second)
+        return first
+
+    def _static_parameters(self) -> list[nn.Parameter]:
+        return [*self.input.parameters(), *self.layers.parameters(), *self.norms.parameters()]
 
     def forget_static(self) -> None:
         self._static_cache = None
+        self._second_reader = None
+        self._views_cache = None
         self._state_cache = None
 
     def _attend(self) -> Tensor:
         h = self.input(self.x_static)
         for layer, norm in zip(self.layers, self.norms, strict=True):
-            update = layer(h, self.edge_index, self.edge_attr) if self.encoder == "gat" else layer(h)
+            update = layer(h, self.looped_edge_index, self.looped_edge_attr) if self.encoder == "gat" else layer(h)
             h = norm(h + nn.functional.elu(update))  # residual keeps the node's own features in view
         return h
 
@@ -255,7 +301,18 @@ class GraphEncoder(nn.Module):
     def state_views(self, obs) -> tuple[Tensor, Tensor]:
         """The state diffused over the graph: ([B, N, D'] = kept, decided, budget after 0..rounds hops, [B, K]).
 
-        The state encoders have no diffusion (rounds = 0): D' = D, the state itself."""
+        The state encoders have no diffusion (rounds = 0): D' = D, the state itself. With gradients (a PPO
+        minibatch), the critic's call for the observation the actor just read gets the actor's result (no
+        weights are involved: the same numbers)."""
+        cached = self._views_cache
+        if cached is not None and cached[0] is obs:
+            self._views_cache = None
+            return cached[1]
+        views = self._diffuse(obs)
+        self._views_cache = (obs, views) if torch.is_grad_enabled() else None
+        return views
+
+    def _diffuse(self, obs) -> tuple[Tensor, Tensor]:
         device = self.x_static.device
         kept = torch.as_tensor(obs.kept, dtype=torch.float32, device=device)  # [B, C]
         decided = torch.as_tensor(obs.decided, dtype=torch.float32, device=device)  # [B, C]
@@ -284,11 +341,16 @@ def _mean_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
     return torch.sparse_coo_tensor(indices, values, (num_nodes, num_nodes), check_invariants=True).coalesce()
 
 
-def _attention_edges(edge_index: Tensor, edge_attr: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The edges GATv2Conv attends over: self-loops replaced by one per node, whose attribute is the mean of
-    the node's incoming ones (fill_value 'mean'), sorted by target (stable): (source [E'], target [E'], [E', A])."""
+def _self_looped(edge_index: Tensor, edge_attr: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """The edges GATv2Conv attends over, as its `add_self_loops` makes them in every call: self-loops replaced
+    by one per node, whose attribute is the mean of the node's incoming ones (fill_value 'mean')."""
     edge_index, edge_attr = remove_self_loops(edge_index.long(), edge_attr)
-    edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=num_nodes)
+    return add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=num_nodes)
+
+
+def _attention_edges(edge_index: Tensor, edge_attr: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`_self_looped` edges sorted by target (stable): (source [E'], target [E'], attributes [E', A])."""
+    edge_index, edge_attr = _self_looped(edge_index, edge_attr, num_nodes)
     order = torch.argsort(edge_index[1], stable=True)
     return edge_index[0, order].contiguous(), edge_index[1, order].contiguous(), edge_attr[order].contiguous()
 

@@ -1,0 +1,145 @@
+"""One PPO gradient step of the agent's default encoder (`gat`) as it was and as it is, side by side.
+
+- `before`: GATv2 makes its self-loops in every call, and the actor and the critic each run the static
+  attention pass and the state diffusion of the minibatch (the encoder before 2026-12-02);
+- `now`: the self-loops are made once, and one static pass and one diffusion serve both readers, each
+  reader's gradient going back through a backward pass of its own.
+
+Per network, the same weights and the same random minibatches of 64 states (the default minibatch) for both,
+in alternating order; a step is actor and critic forward, the summed losses' backward (as Tianshou's PPO
+does), no optimizer step, so every step sees the same weights. Checks that both give bit-identical
+gradients, then prints ms per step, median (min-max) over `--steps` steps, and the ratio before / now.
+
+    cd bench && ../.venv/bin/python update_step.py [--steps 30] [--networks resnet20 resnet56] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from common import machine_summary
+from encoder_cost import TARGET, Network, setup
+from tianshou.data import Batch
+
+from graphprune.cost import parse_target
+from graphprune.graph import topological_group_order
+from graphprune.methods.base import BudgetedEvaluator
+from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
+from graphprune.methods.gat_ppo.env import BUDGET_FEATURES
+from graphprune.models import ModelSpec
+from graphprune.search_eval import SearchEvaluator
+
+MINIBATCH = 64
+
+
+@contextmanager
+def as_before(encoder):
+    """The encoder as it was: GATv2 adds self-loops to the raw edges in every call, and each reader of a
+    minibatch gets passes of its own (forget_static before the critic reads)."""
+    looped = encoder.looped_edge_index, encoder.looped_edge_attr
+    encoder.looped_edge_index, encoder.looped_edge_attr = encoder.edge_index, encoder.edge_attr
+    for conv in encoder.layers:
+        conv.add_self_loops = True
+    try:
+        yield
+    finally:
+        encoder.looped_edge_index, encoder.looped_edge_attr = looped
+        for conv in encoder.layers:
+            conv.add_self_loops = False
+
+
+def gradient_step(search: GatPpoSearch, batch: Batch, before: bool) -> tuple[float, list[torch.Tensor]]:
+    """(seconds, gradients) of one step: actor and critic on `batch`, backward of the summed losses."""
+    policy, critic, encoder = search.algorithm.policy, search.algorithm.critic, search.encoder
+    parameters = list({id(p): p for p in [*policy.parameters(), *critic.parameters()]}.values())
+    for p in parameters:
+        p.grad = None
+    start = time.perf_counter()
+    logits = policy(batch).logits
+    if before:
+        encoder.forget_static()
+    loss = logits.mean() + critic(batch.obs).mean()
+    loss.backward()
+    seconds = time.perf_counter() - start
+    encoder.forget_static()
+    return seconds, [p.grad.clone() if p.grad is not None else None for p in parameters]
+
+
+def random_states(search: GatPpoSearch, rng: np.random.Generator) -> Batch:
+    channels, steps = search.layout.num_channels, len(search.layout.steps)
+    obs = Batch(kept=rng.integers(0, 2, (MINIBATCH, channels)).astype(np.float32),
+                decided=rng.integers(0, 2, (MINIBATCH, channels)).astype(np.float32),
+                budget=rng.random((MINIBATCH, len(BUDGET_FEATURES))).astype(np.float32),
+                step=rng.integers(0, steps, (MINIBATCH, 1)), keep_to_budget=rng.random((MINIBATCH, 1)))
+    return Batch(obs=obs, info={})
+
+
+def measure(network: Network, steps: int) -> tuple[list[float], list[float]]:
+    model, groups, cost, graph, images, labels, calibration, scores = setup(network)
+    evaluator = SearchEvaluator(model, groups, images, labels, calibration, recalibrate_bn=True)
+    order = topological_group_order(graph.group_roots, graph.layer_names)
+    times = {True: [], False: []}
+    with tempfile.TemporaryDirectory(prefix="update_step_") as out_dir:
+        search = GatPpoSearch(graph, order, cost, parse_target(TARGET), BudgetedEvaluator(evaluator, 1), scores,
+                              AgentSettings(), seed=0, out_dir=out_dir)
+        try:
+            rng = np.random.default_rng(0)
+            for step in range(steps + 1):  # the first step of each warms up and is not counted
+                batch = random_states(search, rng)
+                grads = {}
+                for before in ((True, False) if step % 2 else (False, True)):
+                    with as_before(search.encoder) if before else _nothing():
+                        seconds, grads[before] = gradient_step(search, batch, before)
+                    if step:
+                        times[before].append(seconds)
+                if not all(_same(a, b) for a, b in zip(grads[True], grads[False], strict=True)):
+                    raise AssertionError(f"{network.name}: the gradients differ between before and now")
+        finally:
+            search.close()
+    return times[True], times[False]
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
+def spread(seconds: list[float]) -> str:
+    ms = [1000 * s for s in seconds]
+    return f"{statistics.median(ms):.1f} ({min(ms):.1f}-{max(ms):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="+", default=["resnet20", "resnet56"], choices=["resnet20", "resnet56"])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    networks = {"resnet20": Network("digits ResNet-20", ModelSpec("resnet20", in_channels=1, input_size=8), 300),
+                "resnet56": Network("CIFAR ResNet-56", ModelSpec("resnet56"), 64)}
+    print(f"machine: {machine_summary()}")
+    print(f"one gradient step on {MINIBATCH} random states, default agent settings, {args.steps} steps, "
+          f"{args.threads} thread(s); gradients bit-identical between before and now (checked every step)\n")
+    print("| network | before ms | now ms | before / now |")
+    print("|---|---|---|---|")
+    for key in args.networks:
+        network = networks[key]
+        before, now = measure(network, args.steps)
+        ratios = [b / n for b, n in zip(before, now, strict=True)]
+        print(f"| {network.name} | {spread(before)} | {spread(now)} | {statistics.median(ratios):.2f} "
+              f"({min(ratios):.2f}-{max(ratios):.2f}) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
