@@ -1,6 +1,7 @@
 """Shared fixtures: tiny experiments on fake data, so pipeline-shaped tests run in seconds."""
 
 import copy
+import functools
 import os
 from pathlib import Path
 
@@ -26,6 +27,22 @@ def write_config(directory: Path, experiments: dict) -> Path:
     path.write_text(yaml.safe_dump({"results_dir": str(directory / "results"), "device": "cpu",
                                     "experiments": experiments}))
     return path
+
+
+@functools.cache
+def traced_model(spec):
+    """(model, channel groups, cost model) of a seeded `spec` model in eval mode, built once per test session
+    and shared by the test files: tests must leave them as they found them."""
+    import torch
+
+    from graphprune.cost import CostModel
+    from graphprune.models import build_model
+    from graphprune.pruning import ChannelGroups
+
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    groups = ChannelGroups(model, spec.input_shape)
+    return model, groups, CostModel(model, groups)
 
 
 @pytest.fixture

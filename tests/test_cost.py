@@ -1,6 +1,5 @@
 """The analytic cost model equals Torch-Pruning's counter on physically pruned networks; budgets; latency."""
 
-import functools
 import math
 import random
 import time
@@ -8,10 +7,11 @@ import time
 import pytest
 import torch
 import torch_pruning as tp
+from conftest import traced_model
 
 from graphprune.cost import Budget, CostModel, measure_latency, parse_target
 from graphprune.errors import GraphpruneError
-from graphprune.models import ModelSpec, build_model
+from graphprune.models import ModelSpec
 from graphprune.models.cifar_resnet import CifarResNet
 from graphprune.pruning import ChannelGroups, Mask, prune_model
 
@@ -40,15 +40,6 @@ def one_intra_op_thread():
     torch.set_num_threads(threads)
 
 
-@functools.cache
-def priced(name: str, in_channels: int, input_size: int) -> tuple[torch.nn.Module, ChannelGroups, CostModel]:
-    torch.manual_seed(0)
-    spec = ModelSpec(name, in_channels=in_channels, input_size=input_size)
-    model = build_model(spec).eval()
-    groups = ChannelGroups(model, spec.input_shape)
-    return model, groups, CostModel(model, groups)
-
-
 def random_masks(groups: ChannelGroups, how_many: int, seed: int) -> list[Mask]:
     """Feasible masks with a random kept count per group (uniform in [1, size]) and random channels."""
     rng = random.Random(seed)
@@ -65,7 +56,7 @@ def counted(model: torch.nn.Module, input_shape) -> tuple[int, int]:
 
 
 def assert_matches_counter(name: str, shape: dict, random_mask_count: int) -> None:
-    model, groups, cost = priced(name, **shape)
+    model, groups, cost = traced_model(ModelSpec(name, **shape))
     assert len(groups) > 0
     assert (cost.full_flops, cost.full_params) == counted(model, groups.input_shape)
     assert cost.of_mask(groups.full_mask()) == (cost.full_flops, cost.full_params)
@@ -88,7 +79,7 @@ def test_torchvision_cost_equals_counter_on_pruned_network(name, shape):
 
 
 def test_counts_api_agrees_with_mask_api_and_ratios():
-    _model, groups, cost = priced("resnet20", **DIGITS)
+    _model, groups, cost = traced_model(ModelSpec("resnet20", **DIGITS))
     mask = random_masks(groups, 1, seed=1)[0]
     flops, params = cost.of_mask(mask)
     assert (cost.flops(mask.counts), cost.params(list(mask.counts))) == (flops, params)
@@ -105,7 +96,7 @@ def test_counts_api_agrees_with_mask_api_and_ratios():
 
 
 def test_min_counts_follow_min_channels():
-    model, _groups, _cost = priced("resnet20", **DIGITS)
+    model, _groups, _cost = traced_model(ModelSpec("resnet20", **DIGITS))
     groups = ChannelGroups(model, (1, 8, 8), min_channels=2)
     cost = CostModel(model, groups)
     assert cost.min_counts == tuple(min(2, s) for s in groups.sizes)
@@ -136,7 +127,7 @@ def test_budget_rejects_bad_fields():
 
 
 def test_impossible_budget_names_smallest_ratio_and_meets():
-    _model, groups, cost = priced("resnet20", **DIGITS)
+    _model, groups, cost = traced_model(ModelSpec("resnet20", **DIGITS))
     smallest = cost.ratio("flops", cost.min_counts)
     assert 0 < smallest < 0.05
     achievable = math.ceil(smallest * 10_000) / 10_000
@@ -153,7 +144,7 @@ def test_impossible_budget_names_smallest_ratio_and_meets():
 
 
 def test_resnet56_call_is_well_under_a_millisecond():
-    _model, groups, cost = priced("resnet56", **DIGITS)
+    _model, groups, cost = traced_model(ModelSpec("resnet56", **DIGITS))
     counts = random_masks(groups, 1, seed=2)[0].counts
     calls = 1000
     start = time.perf_counter()

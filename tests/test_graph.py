@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch_pruning as tp
 import yaml
+from conftest import traced_model
 from torch import nn
 
 from graphprune import cli
@@ -45,18 +46,9 @@ SLOW_MODELS = [
 
 
 @functools.cache
-def traced(spec: ModelSpec) -> tuple[nn.Module, ChannelGroups, CostModel]:
-    """A seeded model with its groups and cost model, built once per test session."""
-    torch.manual_seed(0)
-    model = build_model(spec)
-    groups = ChannelGroups(model, spec.input_shape)
-    return model, groups, CostModel(model, groups)
-
-
-@functools.cache
 def built(spec: ModelSpec, top_k: int | None = 8):
     """(model, groups, cost, graph) for a spec and top_k, built once per test session."""
-    model, groups, cost = traced(spec)
+    model, groups, cost = traced_model(spec)
     calibration = torch.randn(4, *spec.input_shape, generator=torch.Generator().manual_seed(1))
     return model, groups, cost, build_graph(model, groups, cost, calibration, top_k=top_k)
 
@@ -261,10 +253,13 @@ def test_summary_is_plain_json():
 def test_build_leaves_the_model_unchanged():
     model, groups, cost, _ = built(RESNET20)
     model.train()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    build_graph(model, groups, cost, torch.randn(2, *RESNET20.input_shape))
-    assert model.training
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    try:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        build_graph(model, groups, cost, torch.randn(2, *RESNET20.input_shape))
+        assert model.training
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    finally:
+        model.eval()  # the shared model (conftest.traced_model)
 
 
 class _BreaksAfterTracing(nn.Module):

@@ -21,6 +21,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "torch_geometric", "tianshou")
 
 
+def printed_by(script: str):
+    """What a Python script run in a fresh process (this checkout's package first on the path) prints last, as
+    JSON."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def _workflow_imports() -> set[str]:
     """The graphprune modules the Snakefile and its rule files import while Snakemake parses them."""
     sources = [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "workflow").rglob("*.smk"))]
@@ -45,11 +55,7 @@ config = load_config({str(REPO_ROOT / "config.yaml")!r})
 write_resolved_config(yaml.safe_load(open({str(REPO_ROOT / "config.yaml")!r})), {str(tmp_path)!r})
 print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY!r})))
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    assert printed_by(script) == []
 
 
 def test_old_homes_re_export_the_torch_free_definitions():
@@ -89,8 +95,14 @@ for method in ("l1_uniform", "random_search", "l1_ratio_search", "depgraph", "gl
 skipped = {"torchvision", "torch_geometric", "tianshou", "sklearn"}
 print(json.dumps(sorted({name.split(".")[0] for name in sys.modules} & skipped)))
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    assert printed_by(script) == []
+
+
+def test_the_report_imports_no_torch():
+    """The report job reads result files and draws figures: importing torch (~2 s) would be a third of it."""
+    script = f"""
+import json, sys
+import graphprune.cli, graphprune.commands.report, graphprune.report
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY!r})))
+"""
+    assert printed_by(script) == []

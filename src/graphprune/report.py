@@ -22,7 +22,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from graphprune.checkpoint import _atomic_write, atomic_write_text
+from graphprune.atomic import atomic_write, atomic_write_text
 from graphprune.errors import GraphpruneError
 from graphprune.paths import REPORT_FIGURES, figure, significance_csv, summary_csv, summary_md
 
@@ -415,4 +415,4 @@ def _message_figure(message: str) -> Figure:
 def _save_figure(figure_: Figure, path: str) -> None:
     buffer = io.BytesIO()
     figure_.savefig(buffer, format="png", dpi=120)
-    _atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
+    atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
