@@ -40,6 +40,7 @@ from graphprune.method_settings import ENCODERS
 from graphprune.methods.base import BudgetedEvaluator, MethodContext
 from graphprune.methods.gat_ppo import repair_scores
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
+from graphprune.methods.gat_ppo.env import BUDGET_FEATURES
 from graphprune.models import ModelSpec, build_model
 from graphprune.pruning import ChannelGroups
 from graphprune.search_eval import SearchEvaluator
@@ -136,24 +137,26 @@ def _instrument(search: GatPpoSearch) -> tuple[list[float], list[float]]:
     return policy, update
 
 
+def random_states(search: GatPpoSearch, count: int, rng: np.random.Generator) -> Batch:
+    """`count` random observations of `search`'s environment (kept and decided bits, budget features, step, the
+    budget prior's keep fraction), as a policy input batch."""
+    channels, steps = search.layout.num_channels, len(search.layout.steps)
+    obs = Batch(kept=rng.integers(0, 2, (count, channels)).astype(np.float32),
+                decided=rng.integers(0, 2, (count, channels)).astype(np.float32),
+                budget=rng.random((count, len(BUDGET_FEATURES))).astype(np.float32),
+                step=rng.integers(0, steps, (count, 1)), keep_to_budget=rng.random((count, 1)))
+    return Batch(obs=obs, info={})
+
+
 def _step_costs(search: GatPpoSearch, steps: int) -> tuple[float, float]:
     """(ms of one gradient step on 64 random states, ms of one no-grad actor forward on 8): medians."""
     policy, critic = search.algorithm.policy, search.algorithm.critic
     shared = {id(p): p for p in [*policy.parameters(), *critic.parameters()]}  # the encoder is in both
     optimizer = torch.optim.Adam(list(shared.values()), lr=1e-5)
     rng = np.random.default_rng(0)
-    channels, num_steps = search.layout.num_channels, len(search.layout.steps)
-
-    def states(count: int) -> Batch:
-        obs = Batch(kept=rng.integers(0, 2, (count, channels)).astype(np.float32),
-                    decided=rng.integers(0, 2, (count, channels)).astype(np.float32),
-                    budget=rng.random((count, 6)).astype(np.float32),
-                    step=rng.integers(0, num_steps, (count, 1)))
-        return Batch(obs=obs, info={})
-
     train, act = [], []
     for _ in range(steps):
-        batch = states(64)
+        batch = random_states(search, 64, rng)
         start = time.perf_counter()
         out = policy(batch)
         loss = out.logits.mean() + critic(batch.obs).mean()
@@ -161,7 +164,7 @@ def _step_costs(search: GatPpoSearch, steps: int) -> tuple[float, float]:
         loss.backward()
         optimizer.step()
         train.append(time.perf_counter() - start)
-        batch = states(8)
+        batch = random_states(search, 8, rng)
         start = time.perf_counter()
         with torch.no_grad():
             policy(batch)

@@ -24,14 +24,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from common import machine_summary
-from encoder_cost import TARGET, Network, setup
+from encoder_cost import TARGET, Network, random_states, setup
 from tianshou.data import Batch
 
 from graphprune.cost import parse_target
 from graphprune.graph import topological_group_order
 from graphprune.methods.base import BudgetedEvaluator
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
-from graphprune.methods.gat_ppo.env import BUDGET_FEATURES
 from graphprune.models import ModelSpec
 from graphprune.search_eval import SearchEvaluator
 
@@ -71,15 +70,6 @@ def gradient_step(search: GatPpoSearch, batch: Batch, before: bool) -> tuple[flo
     return seconds, [p.grad.clone() if p.grad is not None else None for p in parameters]
 
 
-def random_states(search: GatPpoSearch, rng: np.random.Generator) -> Batch:
-    channels, steps = search.layout.num_channels, len(search.layout.steps)
-    obs = Batch(kept=rng.integers(0, 2, (MINIBATCH, channels)).astype(np.float32),
-                decided=rng.integers(0, 2, (MINIBATCH, channels)).astype(np.float32),
-                budget=rng.random((MINIBATCH, len(BUDGET_FEATURES))).astype(np.float32),
-                step=rng.integers(0, steps, (MINIBATCH, 1)), keep_to_budget=rng.random((MINIBATCH, 1)))
-    return Batch(obs=obs, info={})
-
-
 def measure(network: Network, steps: int) -> tuple[list[float], list[float]]:
     model, groups, cost, graph, images, labels, calibration, scores = setup(network)
     evaluator = SearchEvaluator(model, groups, images, labels, calibration, recalibrate_bn=True)
@@ -91,7 +81,7 @@ def measure(network: Network, steps: int) -> tuple[list[float], list[float]]:
         try:
             rng = np.random.default_rng(0)
             for step in range(steps + 1):  # the first step of each warms up and is not counted
-                batch = random_states(search, rng)
+                batch = random_states(search, MINIBATCH, rng)
                 grads = {}
                 for before in ((True, False) if step % 2 else (False, True)):
                     with as_before(search.encoder) if before else _nothing():
