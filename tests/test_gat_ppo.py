@@ -15,7 +15,7 @@ from graphprune.cost import parse_target
 from graphprune.methods.base import BudgetedEvaluator, MethodContext, get_method
 from graphprune.methods.gat_ppo import repair_scores
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
-from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
+from graphprune.methods.gat_ppo.env import BUDGET_FEATURES, EpisodeLayout, PruningEnv
 from graphprune.methods.gat_ppo.reward import (
     BudgetMargin,
     LagrangeMultiplier,
@@ -458,7 +458,7 @@ def test_actor_and_critic_share_one_static_pass_with_the_gradients_of_two(toy, t
     rng = np.random.default_rng(0)
     obs = Batch(kept=rng.integers(0, 2, (48, graph.num_channel_nodes)).astype(np.float32),
                 decided=rng.integers(0, 2, (48, graph.num_channel_nodes)).astype(np.float32),
-                budget=rng.random((48, 6)).astype(np.float32), step=rng.integers(0, len(groups), (48, 1)),
+                budget=rng.random((48, len(BUDGET_FEATURES))).astype(np.float32), step=rng.integers(0, len(groups), (48, 1)),
                 keep_to_budget=rng.random((48, 1)))
     passes = []
     attend = shared._attend
