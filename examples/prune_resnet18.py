@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
                               evaluations=args.evaluations, search_images=512, seed=args.seed,
                               settings={"episodes_per_iteration": 8} if args.method == "gat_ppo" else None)
     search_seconds = time.perf_counter() - started
-    graphprune.finetune(result, epochs=args.finetune_epochs, lr=0.01, batch_size=128, seed=args.seed)
+    graphprune.finetune(result, epochs=args.finetune_epochs, seed=args.seed)  # the pipeline recipe: lr 0.01
 
     latency = measure_latency(result.model, model.eval(), (1, 28, 28), (1, 64), repeats=20)
     report = {

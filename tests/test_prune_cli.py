@@ -65,6 +65,8 @@ def test_prune_takes_the_architecture_from_a_checkpoint(tmp_path):
     (["--method", "amc", "--target", "flops0.5", "--settings", "[1]"], "--settings must be a JSON object"),
     (["--method", "amc", "--target", "flops0.5", "--settings", '{"warp": 1}', "--data", "digits"],
      "unknown setting.*warp"),
+    (["--method", "l1_uniform", "--target", "flops0.5", "--data", "digits"], "digits has 10 classes, the model 4"),
+    (["--method", "l1_uniform", "--target", "flops0.5", "--latency-threads", "0"], "--latency-threads must be"),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "out"
@@ -72,7 +74,54 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, fl
     error = capsys.readouterr().err
     assert "Traceback" not in error
     assert re.search(message, error.splitlines()[-1]), error
-    assert not (out / "metrics.json").exists()
+    assert not out.exists()  # refused before anything was written, and no empty folder left behind
+
+
+def test_without_checkpoint_the_seed_decides_the_weights(tmp_path, caplog):
+    masks = []
+    for run in ("a", "b"):
+        assert run_prune(*DIGITS_FLAGS, "--method", "l1_uniform", "--target", "flops0.5", "--seed", "3",
+                         "--latency-batch-sizes", "1", "--latency-repeats", "1", "--out", str(tmp_path / run)) == 0
+        masks.append(torch.load(tmp_path / run / "mask.pt", weights_only=True))
+    assert masks[0] == masks[1]  # fresh weights drawn under --seed: the same command, the same result
+    assert "UNTRAINED" in caplog.text
+    assert run_prune(*DIGITS_FLAGS, "--method", "l1_uniform", "--target", "flops0.5", "--seed", "4",
+                     "--latency-batch-sizes", "1", "--latency-repeats", "1", "--out", str(tmp_path / "c")) == 0
+    assert torch.load(tmp_path / "c" / "mask.pt", weights_only=True) != masks[0]
+
+
+def test_a_plain_state_dict_is_your_own_weights(tmp_path, capsys):
+    spec = ModelSpec("resnet20", num_classes=4, in_channels=1, input_size=8)
+    torch.manual_seed(5)
+    net = build_model(spec)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")  # the README's two lines
+    out = tmp_path / "out"
+    assert run_prune(*DIGITS_FLAGS, "--checkpoint", str(tmp_path / "weights.pt"), "--method", "l1_uniform",
+                     "--target", "flops0.5", "--latency-batch-sizes", "1", "--latency-repeats", "1",
+                     "--out", str(out)) == 0
+    loaded = load_pruned(out / "model.pt")
+    groups = ChannelGroups(net, spec.input_shape)
+    from graphprune.pruning import prune_model
+    expected = prune_model(net.eval(), groups, loaded.mask).state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in loaded.model.state_dict().items())  # its weights, pruned
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(build_model(ModelSpec("resnet20", num_classes=7, in_channels=1, input_size=8)).state_dict(), wrong)
+    assert run_prune(*DIGITS_FLAGS, "--checkpoint", str(wrong), "--method", "l1_uniform", "--target", "flops0.5",
+                     "--out", str(tmp_path / "no")) == 2
+    assert re.search(r"does not fit the model \(fc.bias \(7,\) \(expected \(4,\)\)", capsys.readouterr().err)
+
+    torch.save(net, tmp_path / "pickled.pt")  # a pickled module is refused, with what to save instead
+    assert run_prune(*DIGITS_FLAGS, "--checkpoint", str(tmp_path / "pickled.pt"), "--method", "l1_uniform",
+                     "--target", "flops0.5", "--out", str(tmp_path / "no")) == 2
+    assert "torch.save(model.state_dict(), path)" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
+def test_one_shot_methods_draw_no_search_bar(tmp_path, capsys):
+    assert run_prune("--model", "resnet20", "--data", "digits", "--method", "l1_uniform", "--target", "flops0.5",
+                     "--latency-batch-sizes", "1", "--latency-repeats", "1", "--out", str(tmp_path / "out")) == 0
+    assert "mask/s" not in capsys.readouterr().err
 
 
 def test_flags_contradicting_the_checkpoint_are_refused(tmp_path, capsys):
@@ -111,3 +160,14 @@ def test_image_folder_with_fine_tuning(tmp_path):
     assert metrics["masks_evaluated"] == 3 and metrics["params_ratio"] <= 0.5
     assert metrics["search_top1_finetuned"] is not None
     assert (out / "finetune" / "history.csv").is_file()
+    assert not (out / "finetune" / "last.pt").exists()  # the resumable state goes once model.pt is written
+    assert {p.name for p in out.iterdir()} == {"model.pt", "mask.pt", "metrics.json", "search", "finetune"}
+    assert metrics["latency_threads"] == 1
+    assert {"trace", "search", "prune", "latency", "finetune"} <= set(metrics["phase_seconds"])
+
+    kept = tmp_path / "kept"
+    # 2 classes in the folder, 3 outputs: refused before anything is built
+    assert run_prune("--model", "resnet20", "--input-size", "8", "--num-classes", "3",
+                     "--data", f"imagefolder:{tmp_path / 'images'}", "--method", "l1_uniform",
+                     "--target", "params0.5", "--out", str(kept)) == 2
+    assert not kept.exists()

@@ -16,10 +16,12 @@ mistake raises `GraphpruneError`.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from graphprune.config import dataset_settings, search_settings, stable_hash, train_recipe
+from graphprune.config import dataset_settings, finetune_recipe, search_settings, stable_hash
 from graphprune.cost import CostModel, latency_model, measure_latency, parse_target
 from graphprune.data import dataset_info, hold_out, image_folder, load_splits, search_count
 from graphprune.errors import GraphpruneError
 from graphprune.evaluate import evaluation_mode
+from graphprune.latency import torch_threads
 from graphprune.methods import MethodContext, get_method
 from graphprune.methods.base import DEFAULT_EVALUATIONS
 from graphprune.models import ModelSpec
@@ -94,8 +97,9 @@ class PruneResult:
 class PruneMetrics:
     """FLOPs are MACs of one sample's forward pass (Torch-Pruning's count); ratios are pruned / unpruned;
     `search_top1` is on `data.search` (None without data); `latency` maps each batch size to median seconds
-    of both networks and their ratio, measured side by side in one run; `max_abs_diff_masked_vs_pruned` is
-    over a random batch in eval mode (0 up to rounding: the pruning is exact)."""
+    of both networks and their ratio, measured side by side in one run with `latency_threads` threads;
+    `max_abs_diff_masked_vs_pruned` is over a random batch in eval mode, before BN recalibration (0 up to
+    rounding: the pruning is exact)."""
 
     method: str
     target: str
@@ -115,30 +119,41 @@ class PruneMetrics:
     search_top1_full: float | None
     masks_evaluated: int
     latency: dict[str, dict[str, float]]
+    latency_threads: int | None  # torch threads the latency was timed with (None: the process's count)
     max_abs_diff_masked_vs_pruned: float
     search_seconds: float
     seconds: float
+    phase_seconds: dict[str, float]  # wall seconds of trace, graph, search, prune, latency (and finetune)
     search_top1_finetuned: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def load_data(source: str, in_channels: int, input_size: int, *, search_size: float = 0.1, seed: int = 0,
-              root: str = "data") -> PruneData:
+def load_data(source: str, in_channels: int, input_size: int, *, num_classes: int | None = None,
+              search_size: float = 0.1, seed: int = 0, root: str = "data") -> PruneData:
     """PruneData from a name: `imagefolder:DIR` (your images, `search_size` held out) or a dataset the project
     knows (digits, fashion_mnist, cifar10, ...; its own train/search split under `root`: the test split is
-    never loaded into a search)."""
+    never loaded into a search). `num_classes`: the model's outputs, refused when the data has other classes."""
     if source.startswith(IMAGE_FOLDER_PREFIX):
         folder = source[len(IMAGE_FOLDER_PREFIX):]
-        return PruneData.split(image_folder(folder, in_channels, input_size), search_size, seed)
+        images = image_folder(folder, in_channels, input_size)
+        _check_classes(source, len(images.classes), num_classes)
+        return PruneData.split(images, search_size, seed)
     settings = dataset_settings({"name": source, "root": root}, source=f"--data {source}")
     info = dataset_info(settings)
     if (info.in_channels, info.input_size) != (in_channels, input_size):
         raise GraphpruneError(f"{source} images are {info.in_channels}x{info.input_size}x{info.input_size}, "
                               f"the model takes {in_channels}x{input_size}x{input_size}")
+    _check_classes(source, info.num_classes, num_classes)
     splits = load_splits(settings)
     return PruneData(splits.train, splits.search)
+
+
+def _check_classes(source: str, data_classes: int, model_classes: int | None) -> None:
+    if model_classes is not None and model_classes != data_classes:
+        raise GraphpruneError(f"{source} has {data_classes} classes, the model {model_classes} outputs; give "
+                              f"--num-classes {data_classes} (or a model trained on these classes)")
 
 
 def prune(
@@ -158,6 +173,7 @@ def prune(
     latency_batch_sizes: Sequence[int] = (1,),
     latency_repeats: int = 20,
     latency: Mapping[str, Any] | None = None,
+    latency_threads: int | None = 1,
     spec: ModelSpec | None = None,
 ) -> PruneResult:
     """Prune `model` to `target` (e.g. "flops0.5": keep at most half its FLOPs; "params0.3") with `method`.
@@ -169,26 +185,31 @@ def prune(
     (default: all of `data.search`); work_dir: where a search keeps its log and checkpoint (resumable;
     default: a temporary folder); latency: for "latency<ratio>" targets, what is timed (batch_size 1, device
     "cpu", grid 5, cache_dir: see the config's search.latency); latency_batch_sizes: batch sizes at which the
-    pruned and unpruned networks are timed side by side for the metrics; spec: the zoo description of
-    `model`, stored by `save` (CLI use).
-    The model is left unchanged; its BN statistics are what the search starts from.
+    pruned and unpruned networks are timed side by side for the metrics, with `latency_threads` torch threads
+    (None: the process's count); spec: the zoo description of `model`, stored by `save` (CLI use).
+    The caller's model is left unchanged (the search works on a copy); its BN statistics are what the search
+    starts from. With data, the returned network carries the BN statistics its mask was scored with, so its
+    accuracy on `data.search` is `metrics.search_top1`.
     """
     start = time.perf_counter()
+    phases = PhaseClock()
     budget = parse_target(target)
-    pruning_method = get_method(method)  # before any tracing: a misspelt name fails at once
-    input_shape = _input_shape(model, example_inputs)
+    pruning_method = get_method(method)  # before any tracing: a misspelt name or setting fails at once
+    method_settings = pruning_method.parse_settings(settings)
     prune_data = _as_prune_data(data)
     if prune_data is None and (pruning_method.needs_evaluator or pruning_method.needs_graph):
         raise GraphpruneError(f"method {method} scores masks on held-out images: pass data=PruneData(train, "
                               "search) or a dataset to split (the CLI: --data)")
-    torch_device = resolve_device(device)
-    model = model.to(torch_device).eval()
-    groups = _channel_groups(model, input_shape, min_channels)
-    cost = CostModel(model, groups)
     defaults = search_settings({"latency": dict(latency or {})}, source="graphprune.prune")
-    if budget.metric == "latency":
-        cost.with_latency(latency_model(model, groups, defaults["latency"]))
-    cost.check_feasible(budget)
+    torch_device = resolve_device(device)
+    model = _working_copy(model, torch_device)  # the caller's model is never touched (mode, device, hooks)
+    with phases("trace"):
+        input_shape = _input_shape(model, example_inputs)
+        groups = _channel_groups(model, input_shape, min_channels)
+        cost = CostModel(model, groups)
+        if budget.metric == "latency":
+            cost.with_latency(latency_model(model, groups, defaults["latency"]))
+        cost.check_feasible(budget)
     evaluator = graph = None
     if prune_data is not None:
         _check_images(prune_data, input_shape)
@@ -197,20 +218,27 @@ def prune(
             calibration_batches=defaults["calibration_batches"], calibration_batch_size=_calibration_batch_size(
                 prune_data, defaults), recalibrate_bn=defaults["recalibrate_bn"], seed=seed, device=torch_device)
         if pruning_method.needs_graph:
-            graph = _build_graph(model, groups, cost, prune_data.train, seed, torch_device)
+            with phases("graph"):
+                graph = _build_graph(model, groups, cost, prune_data.train, seed, torch_device)
 
-    with tempfile.TemporaryDirectory(prefix="graphprune-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="graphprune-") as scratch, phases("search"):
         out_dir = None
         if pruning_method.needs_evaluator:  # searches keep a log (gat_ppo: a checkpoint to resume from)
             out_dir = Path(work_dir) if work_dir is not None else Path(scratch)
             out_dir.mkdir(parents=True, exist_ok=True)
         context = MethodContext(model, groups, cost, graph, evaluator, seed=seed, out_dir=out_dir,
                                 evaluations=evaluations)
-        result = pruning_method.search(context, budget, settings)
+        result = pruning_method.search(context, budget, method_settings)
     mask = result.mask
-    pruned = prune_model(model, groups, mask).eval()
-    latency = measure_latency(pruned, model, input_shape, tuple(latency_batch_sizes), torch_device,
-                              repeats=latency_repeats) if latency_batch_sizes else {}
+    with phases("prune"):
+        pruned = prune_model(model, groups, mask).eval()
+        # Compared before recalibration: both networks still carry the unpruned network's BN statistics.
+        difference = masked_vs_pruned_difference(model, pruned, groups, mask, seed)
+        if evaluator is not None:  # the statistics the search scored this mask with: the model scores its metric
+            evaluator.calibrate(pruned)
+    with phases("latency"), torch_threads(latency_threads):
+        latency = measure_latency(pruned, model, input_shape, tuple(latency_batch_sizes), torch_device,
+                                  repeats=latency_repeats) if latency_batch_sizes else {}
     flops, params = cost.of_mask(mask)
     metrics = PruneMetrics(
         method=method, target=str(budget), seed=seed, min_channels=min_channels, groups=len(groups),
@@ -221,9 +249,10 @@ def prune(
         search_top1=evaluator(mask) if evaluator else None,
         search_top1_full=evaluator(groups.full_mask()) if evaluator else None,
         masks_evaluated=int(result.record["masks_evaluated"]),
-        latency={str(b): v for b, v in latency.items()},
-        max_abs_diff_masked_vs_pruned=masked_vs_pruned_difference(model, pruned, groups, mask, seed),
+        latency={str(b): v for b, v in latency.items()}, latency_threads=latency_threads,
+        max_abs_diff_masked_vs_pruned=difference,
         search_seconds=float(result.record["search_seconds"]), seconds=time.perf_counter() - start,
+        phase_seconds=phases.seconds,
     )
     log.info("%s %s: kept %.3f of FLOPs, %.3f of params%s in %.1f s", method, budget, metrics.flops_ratio,
              metrics.params_ratio, "" if metrics.search_top1 is None else f", search top-1 {metrics.search_top1:.4f}",
@@ -236,30 +265,32 @@ def finetune(
     train_data: Dataset | DataLoader | None = None,
     *,
     search_data: Dataset | DataLoader | None = None,
-    epochs: int = 1,
     seed: int = 0,
     device: str = "cpu",
     run_dir: str | Path | None = None,
     **recipe: Any,
 ) -> PruneResult:
-    """Fine-tune `result.model` in place with the project's training loop (SGD, cosine schedule; `recipe`
-    overrides any key of a config's `finetune` section, e.g. lr=0.01, batch_size=64) on `train_data`
-    (default: the data `prune` used). `run_dir` keeps last.pt/history.csv, so an interrupted call resumes.
+    """Fine-tune `result.model` in place with the project's training loop and the pipeline's fine-tuning recipe
+    (a config's `finetune` default: SGD, lr 0.01, cosine schedule, 10 epochs; `recipe` overrides any of its
+    keys, e.g. epochs=3, batch_size=64) on `train_data` (default: the data `prune` used). `run_dir` keeps
+    last.pt/history.csv, so an interrupted call resumes.
     Returns `result`, with `history` and `metrics.search_top1_finetuned` filled in."""
     train_set = _dataset_of(train_data) if train_data is not None else (result.data.train if result.data else None)
     search_set = _dataset_of(search_data) if search_data is not None else (result.data.search if result.data else None)
     if train_set is None or search_set is None:
         raise GraphpruneError("finetune needs training images and held-out images to report on: pass train_data "
                               "and search_data, or prune with data=...")
-    recipe_settings: TrainRecipe = train_recipe({"epochs": epochs, **recipe}, source="finetune")
+    recipe_settings: TrainRecipe = finetune_recipe(recipe, source="graphprune.finetune")
+    clock = PhaseClock()
     torch_device = resolve_device(device)
     config_hash = stable_hash({"recipe": asdict(recipe_settings), "mask": result.mask.key(), "seed": seed})
-    with tempfile.TemporaryDirectory(prefix="graphprune-finetune-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="graphprune-finetune-") as scratch, clock("finetune"):
         trained = train(result.model, recipe_settings, train_set, search_set, run_dir=run_dir or scratch,
                         seed=seed, config_hash=config_hash, device=torch_device)
     result.model = trained.model.eval()
     result.history = trained.history
     result.metrics.search_top1_finetuned = trained.history[-1].search_top1 if trained.history else None
+    result.metrics.phase_seconds.update(clock.seconds)
     return result
 
 
@@ -278,6 +309,32 @@ def load(path: str | Path, model: nn.Module | None = None) -> PrunedModel:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+class PhaseClock:
+    """Wall seconds of the named phases of one call (`with clock("search"): ...`), each logged as it ends,
+    so a user sees where the time went (tracing, graph, search, latency timing, fine-tuning)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+        log.info("%s: %.1f s", phase, self.seconds[phase])
+
+
+def _working_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """A deep copy of the caller's model on `device` in eval mode: tracing, searching and pruning never touch
+    the caller's parameters, buffers, mode, device or hooks."""
+    try:
+        working = copy.deepcopy(model)
+    except Exception as exc:  # a module holding something deepcopy refuses (a lock, a generator, ...)
+        raise GraphpruneError(f"cannot copy {type(model).__name__} ({type(exc).__name__}: {exc}); prune works on "
+                              "a copy so that your model stays unchanged") from exc
+    return working.to(device).eval()
 
 
 def _dataset_of(data: Dataset | DataLoader) -> Dataset:

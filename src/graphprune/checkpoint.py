@@ -28,15 +28,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint dict on the CPU; a missing or unreadable file is a GraphpruneError naming it."""
+def load_checkpoint(path: str | Path, remedy: str = "delete it and rerun its stage") -> dict:
+    """Load a checkpoint dict on the CPU; a missing or unreadable file is a GraphpruneError naming it (and
+    `remedy`: what to do about an unreadable one)."""
     path = Path(path)
     if not path.is_file():
         raise GraphpruneError(f"checkpoint {path} does not exist; run the stage that writes it first")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or holding pickled objects
-        raise GraphpruneError(f"cannot read checkpoint {path} ({exc}); delete it and rerun its stage") from exc
+        raise GraphpruneError(f"cannot read checkpoint {path} ({exc}); {remedy}") from exc
     if not isinstance(data, dict):
         raise GraphpruneError(f"checkpoint {path} holds a {type(data).__name__}, expected a dict")
     return data
@@ -55,6 +56,36 @@ def save_model(path: str | Path, model: nn.Module, spec: ModelSpec, meta: Mappin
     """Write `{"arch": spec dict, "state_dict": ..., "meta": ...}`: rebuildable without pickled code."""
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     atomic_torch_save({"arch": spec.to_dict(), "state_dict": state, "meta": dict(meta)}, path)
+
+
+def is_model_file(data: Mapping[str, Any]) -> bool:
+    """Whether a loaded checkpoint dict is a `save_model` file (else it may be a user's plain state dict)."""
+    return {"arch", "state_dict"} <= data.keys()
+
+
+def load_state_dict_into(model: nn.Module, state: Mapping[str, Any], source: str) -> nn.Module:
+    """`model` with the weights of `state` (a plain state dict, e.g. `torch.save(net.state_dict(), path)`), in
+    eval mode. Keys or shapes that do not fit raise a GraphpruneError saying what `model` expected."""
+    if not state or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise GraphpruneError(f"{source} is neither a graphprune model file nor a state dict of tensors "
+                              "(make one with torch.save(model.state_dict(), path))")
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    given = {name: tuple(t.shape) for name, t in state.items()}
+    problems = [f"missing {_some(expected.keys() - given.keys())}" if expected.keys() - given.keys() else "",
+                f"unexpected {_some(given.keys() - expected.keys())}" if given.keys() - expected.keys() else "",
+                _some(f"{name} {given[name]} (expected {shape})" for name, shape in expected.items()
+                      if name in given and given[name] != shape)]
+    problems = [p for p in problems if p]
+    if problems:
+        raise GraphpruneError(f"{source} does not fit the model ({'; '.join(problems)}): check --model, "
+                              "--num-classes, --in-channels against the network the weights come from")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _some(names, shown: int = 4) -> str:
+    names = sorted(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def load_model(path: str | Path) -> ModelCheckpoint:

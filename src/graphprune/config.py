@@ -218,6 +218,13 @@ def train_recipe(raw: Mapping[str, Any], source: str = "train recipe") -> TrainR
     return TrainRecipe.from_dict(validate(raw, "#/$defs/train_recipe", source))
 
 
+def finetune_recipe(overrides: Mapping[str, Any], source: str = "finetune") -> TrainRecipe:
+    """The pipeline's fine-tuning recipe (the schema's default of an experiment's `finetune`: the one source of
+    its defaults) with `overrides` applied: what `graphprune.finetune` and `graphprune prune` train with."""
+    default = _load_schema()["$defs"]["experiment"]["properties"]["finetune"]["default"]
+    return train_recipe({**default, **overrides}, source)
+
+
 def dataset_settings(raw: Mapping[str, Any], source: str = "dataset") -> DatasetSettings:
     """DatasetSettings from a (possibly partial) dataset section, schema defaults filled in."""
     return DatasetSettings(**validate(raw, "#/$defs/dataset", source))

@@ -67,6 +67,17 @@ class SearchEvaluator:
             self._cache[key] = self._sliced_accuracy(mask) if self._sliced else self._masked_accuracy(mask)
         return self._cache[key]
 
+    def calibrate(self, network: nn.Module) -> None:
+        """Give `network` (the physically pruned network of a scored mask) the BN statistics the mask was scored
+        with: the same calibration batches, so its accuracy on `images` is the score (tested)."""
+        if self.recalibrate_bn:
+            recalibrate_batch_norm(network, self.calibration)
+
+    def accuracy_of(self, network: nn.Module) -> float:
+        """Top-1 of `network` (any module taking these images, e.g. the pruned network) on `images`."""
+        with evaluation_mode(network), torch.no_grad():
+            return self._accuracy(network)
+
     def _sliced_accuracy(self, mask: Mask) -> float:
         with evaluation_mode(self.model), torch.no_grad():
             tensors = (self._sliced.recalibrated(mask, self.calibration) if self.recalibrate_bn

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # torch and the API load when the command runs, not for `grap
     from graphprune.model_spec import ModelSpec
 
 IMAGE_FOLDER_PREFIX = "imagefolder:"  # as graphprune.api.IMAGE_FOLDER_PREFIX
+CHECKPOINT_FORMATS = ("--checkpoint takes a graphprune model.pt or a plain state dict saved with "
+                      "torch.save(model.state_dict(), path); pickled modules are never loaded")
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--model", help="a zoo model (resnet20, resnet56, vgg16_bn, mobilenetv2, ...) or "
                                          "torchvision:<name> (optional with --checkpoint, which names its architecture)")
-    parser.add_argument("--checkpoint", type=Path, help="baseline model.pt to prune (default: fresh weights)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="your trained weights: a state dict (torch.save(model.state_dict(), path)) for --model, "
+                             "or a graphprune model.pt, which names its architecture (default: fresh weights "
+                             "seeded by --seed)")
     parser.add_argument("--dataset-shape", help="input shape C,H,W of one sample (H = W), e.g. 3,32,32")
     parser.add_argument("--input-size", type=int, help="input height = width (default 32, or --data's)")
     parser.add_argument("--in-channels", type=int, help="input channels (default 3, or --data's)")
@@ -70,25 +75,58 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--latency-batch-sizes", default="1,64",
                         help="batch sizes to time, comma-separated (default %(default)s)")
     parser.add_argument("--latency-repeats", type=int, default=20, help="timed runs per batch size (default 20)")
+    parser.add_argument("--latency-threads", type=int, default=1,
+                        help="torch threads the latency is timed with, apart from --threads (default %(default)s)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep the resumable fine-tuning state (finetune/last.pt) after a successful run")
     parser.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    existed = args.out.exists()
+    try:
+        return _prune(args)
+    except GraphpruneError:
+        _remove_empty_folders(args.out, keep_root=existed)  # a refused run leaves nothing behind
+        raise
+
+
+def _remove_empty_folders(root: Path, keep_root: bool) -> None:
+    """Remove the empty folders under `root` (deepest first), and `root` itself when empty and not `keep_root`;
+    files, such as a search checkpoint to resume from, are never touched."""
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if not keep_root and not any(root.iterdir()):
+        root.rmdir()
+
+
+def _prune(args: argparse.Namespace) -> int:
     from graphprune import api
+    from graphprune.cost import parse_target
+    from graphprune.methods import get_method
 
     apply_threads(args)
+    # Everything a user can get wrong is checked before any loading, tracing or writing.
     settings = _json_settings(args.settings)
-    model, spec = _model_from_args(args)
-    data = api.load_data(args.data, spec.in_channels, spec.input_size, search_size=args.search_size,
-                         seed=args.seed, root=args.data_root) if args.data else None
-    if args.finetune_epochs and data is None:
+    parse_target(args.target)
+    get_method(args.method).parse_settings(settings)
+    if args.finetune_epochs and not args.data:
         raise GraphpruneError("--finetune-epochs needs --data (the images to fine-tune on)")
-    example = _example_inputs(spec)
+    if args.latency_threads < 1:
+        raise GraphpruneError(f"--latency-threads must be at least 1, got {args.latency_threads}")
+    spec, stored = _spec_from_args(args)
+    data = api.load_data(args.data, spec.in_channels, spec.input_size, num_classes=spec.num_classes,
+                         search_size=args.search_size, seed=args.seed, root=args.data_root) if args.data else None
+    model = _model(spec, stored, args)
     result = api.prune(
-        model, example, args.target, args.method, data, settings=settings, evaluations=args.evaluations,
-        seed=args.seed, min_channels=args.min_channels, search_images=args.search_images, device=args.device,
-        work_dir=args.out / "search", latency_batch_sizes=_batch_sizes(args.latency_batch_sizes),
-        latency_repeats=args.latency_repeats, spec=spec,
+        model, _example_inputs(spec), args.target, args.method, data, settings=settings,
+        evaluations=args.evaluations, seed=args.seed, min_channels=args.min_channels,
+        search_images=args.search_images, device=args.device, work_dir=args.out / "search",
+        latency_batch_sizes=_batch_sizes(args.latency_batch_sizes), latency_repeats=args.latency_repeats,
+        latency_threads=args.latency_threads, spec=spec,
         latency={"batch_size": args.budget_batch_size, "device": "cuda" if args.device == "cuda" else "cpu",
                  "cache_dir": args.latency_cache},
     )
@@ -97,6 +135,10 @@ def _run(args: argparse.Namespace) -> int:
         api.finetune(result, epochs=args.finetune_epochs, seed=args.seed, device=args.device,
                      run_dir=args.out / "finetune", **recipe)
     write_outputs(result, args.out, checkpoint=args.checkpoint, onnx=args.onnx)
+    if not args.keep_checkpoints:  # the resumable fine-tuning state is spent once model.pt is written
+        from graphprune.paths import training_checkpoint
+
+        Path(training_checkpoint(str(args.out / "finetune"))).unlink(missing_ok=True)
     m = result.metrics
     latency = ", ".join(f"batch {b}: {v['ratio']:.2f}" for b, v in m.latency.items())
     accuracy = "" if m.search_top1 is None else f", search top-1 {m.search_top1:.4f}"
@@ -105,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     if m.predicted_latency_ratio is not None:
         accuracy += f", predicted latency ratio {m.predicted_latency_ratio:.3f}"
     print(f"{spec.name} {m.method} {m.target}: {m.flops_ratio:.3f} of FLOPs, {m.params_ratio:.3f} of params"
-          f"{accuracy}, latency ratio {latency or 'not measured'} -> {args.out}")
+          f"{accuracy}, latency ratio {latency or 'not measured'} ({m.latency_threads} thread(s)) -> {args.out}")
     return 0
 
 
@@ -143,10 +185,11 @@ def _example_inputs(spec: ModelSpec):
     return torch.zeros(2, *spec.input_shape)
 
 
-def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
-    """The model the flags describe; with --checkpoint, its stored model, which the flags must not contradict."""
-    from graphprune.checkpoint import load_model
-    from graphprune.models import ModelSpec, build_model
+def _spec_from_args(args: argparse.Namespace) -> tuple[ModelSpec, dict | None]:
+    """The architecture the flags describe, and the loaded --checkpoint (None without one). A graphprune
+    model file names its architecture, which the flags must not contradict; a plain state dict needs --model."""
+    from graphprune.checkpoint import is_model_file, load_checkpoint
+    from graphprune.models import ModelSpec
 
     shape = {"in_channels": args.in_channels, "input_size": args.input_size, "num_classes": args.num_classes}
     if args.dataset_shape:
@@ -155,25 +198,47 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec]:
             if shape[key] is not None and shape[key] != value:
                 raise GraphpruneError(f"--dataset-shape {args.dataset_shape} contradicts --{key.replace('_', '-')}")
             shape[key] = value
-    if args.data and not args.data.startswith(IMAGE_FOLDER_PREFIX) and args.checkpoint is None:
+    stored = None
+    if args.checkpoint is not None:
+        stored = load_checkpoint(args.checkpoint, remedy=CHECKPOINT_FORMATS)
+    if args.data and not args.data.startswith(IMAGE_FOLDER_PREFIX) and not (stored and is_model_file(stored)):
         for key, value in asdict(_dataset_info(args.data)).items():  # a named dataset fixes the shape
             if key in shape and shape[key] is None:
                 shape[key] = value
     given = {key: value for key, value in shape.items() if value is not None}
-    if args.checkpoint is None:
-        if not args.model:
-            raise GraphpruneError("give --model (a zoo or torchvision:<name> model) or --checkpoint")
-        log.warning("no --checkpoint: pruning freshly initialised weights of %s", args.model)
-        spec = ModelSpec(args.model, **given)
-        return build_model(spec), spec
-    stored = load_model(args.checkpoint)
-    wanted = {"name": args.model, **given} if args.model else given
-    clashes = [f"{key}={value} (checkpoint: {getattr(stored.spec, key)})" for key, value in wanted.items()
-               if getattr(stored.spec, key) != value]
-    if clashes:
-        raise GraphpruneError(f"{args.checkpoint} holds {stored.spec.name} for another setting: "
-                              f"{', '.join(clashes)}; drop the flags or pick the matching checkpoint")
-    return stored.model, stored.spec
+    if stored is not None and is_model_file(stored):
+        spec = ModelSpec.from_dict(stored["arch"])
+        wanted = {"name": args.model, **given} if args.model else given
+        clashes = [f"{key}={value} (checkpoint: {getattr(spec, key)})" for key, value in wanted.items()
+                   if getattr(spec, key) != value]
+        if clashes:
+            raise GraphpruneError(f"{args.checkpoint} holds {spec.name} for another setting: "
+                                  f"{', '.join(clashes)}; drop the flags or pick the matching checkpoint")
+        return spec, stored
+    if not args.model:
+        raise GraphpruneError("give --model (a zoo or torchvision:<name> model): --checkpoint " + (
+            "holds weights without an architecture" if stored is not None else "is not given either"))
+    return ModelSpec(args.model, **given), stored
+
+
+def _model(spec: ModelSpec, stored: dict | None, args: argparse.Namespace) -> nn.Module:
+    """The network to prune: built from `spec`, with the --checkpoint's weights, or fresh weights drawn under
+    --seed (the same command gives the same network, and so the same result)."""
+    import torch
+
+    from graphprune.checkpoint import is_model_file, load_state_dict_into
+    from graphprune.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = build_model(spec)
+    if stored is None:
+        log.warning("no --checkpoint: pruning an UNTRAINED %s (fresh weights seeded by --seed %d); its accuracies "
+                    "mean little. Give your trained weights with --checkpoint (README: prune your own network)",
+                    spec.name, args.seed)
+        return model
+    weights = stored["state_dict"] if is_model_file(stored) else stored
+    return load_state_dict_into(model, weights, f"--checkpoint {args.checkpoint}")
 
 
 def _dataset_info(name: str):

@@ -120,7 +120,7 @@ class PruningMethod(ABC):
 
         Raises GraphpruneError for an impossible budget, unknown settings or a missing search evaluator.
         """
-        typed_settings = parse_settings(self.settings_type, settings, f"settings of {self.name}")
+        typed_settings = self.parse_settings(settings)
         context.cost.check_feasible(budget)
         if self.needs_evaluator and context.evaluator is None:
             raise GraphpruneError(
@@ -130,7 +130,7 @@ class PruningMethod(ABC):
         if self.needs_graph and context.graph is None:
             raise GraphpruneError(f"method {self.name} reads the network graph; build it first (`graphprune graph`)")
         budgeted = progress = None
-        if context.evaluator is not None:
+        if self.needs_evaluator:  # one-shot methods score nothing: no counter, no empty bar
             if not self.draws_progress:
                 # Shown in a pipeline job's log too (not a terminal), redrawn there every 10 s instead of 0.1 s.
                 progress = tqdm(total=context.evaluations, desc=f"{self.name} {budget}", unit="mask", leave=False,
@@ -153,6 +153,11 @@ class PruningMethod(ABC):
             **{f"{metric}_ratio": context.cost.ratio(metric, counts) for metric in context.cost.priced_metrics},
         }
         return MethodResult(result.mask, record)
+
+    def parse_settings(self, settings: Mapping[str, Any] | object | None) -> Any:
+        """This method's typed settings from a mapping (or the typed object); a wrong key or value raises a
+        GraphpruneError. Callers parse before any expensive work, so a typo fails at once."""
+        return parse_settings(self.settings_type, settings, f"settings of {self.name}")
 
     @abstractmethod
     def choose(self, context: MethodContext, budget: Budget, settings: Any) -> MethodResult:
