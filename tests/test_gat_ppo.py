@@ -489,3 +489,21 @@ def test_actor_and_critic_share_one_static_pass_with_the_gradients_of_two(toy, t
     assert all(g.abs().sum() > 0 for p, g in zip(parameters, now, strict=True) if id(p) in static)
     for other in (two_passes, pyg_loops):
         assert [i for i, (a, b) in enumerate(zip(now, other, strict=True)) if not torch.equal(a, b)] == []
+
+
+def test_prior_only_samples_the_untrained_policy_without_any_update(toy, tmp_path):
+    """`learn: false` (the gat_ppo_prior_only control): the same evaluations, the policy's weights untouched."""
+    settings = small_settings(learn=False)
+    model, groups, cost, evaluator, graph = toy
+    context = MethodContext(model, groups, cost, graph, evaluator)
+    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.5"),
+                          BudgetedEvaluator(evaluator, 32), repair_scores(context), settings, seed=3, out_dir=tmp_path)
+    try:
+        before = {k: v.clone() for k, v in search.weights().items()}
+        result = search.run()
+        assert result.masks_evaluated == 32
+        assert all(torch.equal(before[k], v) for k, v in search.weights().items())
+    finally:
+        search.close()
+    learner, _ = run_search(toy, tmp_path / "learning", small_settings(), evaluations=32)  # same seed, same start
+    assert any(not torch.equal(before[k], v) for k, v in learner.weights().items())

@@ -23,7 +23,7 @@ from graphprune.methods.heuristics import bn_gamma_scores, depgraph_scores, filt
 from graphprune.models import ModelSpec, build_model
 from graphprune.pruning import ChannelGroups, Mask
 
-RATIO_SEARCHES = ["random_search", "l1_ratio_search"]
+RATIO_SEARCHES = ["random_search", "l1_ratio_search", "depgraph_ratio_search"]
 HEURISTICS = ["random", "l1_uniform", "global_bn", "depgraph", *RATIO_SEARCHES]
 TARGETS = ["flops0.5", "flops0.3", "params0.3"]
 MODELS = {"resnet20-1x8": ModelSpec("resnet20", in_channels=1, input_size=8), "mobilenetv2": ModelSpec("mobilenetv2")}
@@ -168,7 +168,7 @@ def test_random_methods_follow_the_seed():
     assert get_method("random").search(other, budget).mask != first
 
 
-@pytest.mark.parametrize("method", ["random_search", "l1_ratio_search"])
+@pytest.mark.parametrize("method", RATIO_SEARCHES)
 def test_ratio_searches_return_the_best_of_exactly_n_masks(method):
     context = context_for("resnet20-1x8")
     scored: list[tuple[float, Mask]] = []
@@ -190,8 +190,43 @@ def test_ratio_searches_return_the_best_of_exactly_n_masks(method):
         assert_feasible(search_context, "flops0.5", mask)
         if method == "l1_ratio_search":  # inside each group, the largest filters stay
             assert mask == keep_top(l1, mask.counts)
+        if method == "depgraph_ratio_search":  # inside each group, the largest DepGraph importances stay
+            assert mask == keep_top(depgraph_scores(context.model, context.groups), mask.counts)
     if method == "random_search":
         assert any(mask != keep_top(l1, mask.counts) for _, mask in scored)
+
+
+def test_reselection_rescores_the_best_masks_on_held_out_images_within_the_evaluations():
+    context = context_for("resnet20-1x8")
+    search_scores: dict[Mask, float] = {}
+    held_out_calls: list[Mask] = []
+
+    def search_accuracy(mask: Mask) -> float:  # prefers masks that keep the first groups wide
+        search_scores[mask] = float(np.dot(mask.counts, np.linspace(1.0, 0.0, len(mask.counts))))
+        return search_scores[mask]
+
+    def held_out_accuracy(mask: Mask) -> float:  # disagrees: prefers the last groups wide
+        held_out_calls.append(mask)
+        return float(np.dot(mask.counts, np.linspace(0.0, 1.0, len(mask.counts))))
+
+    search_context = MethodContext(context.model, context.groups, context.cost, evaluator=search_accuracy, seed=5,
+                                   evaluations=24, reselect=held_out_accuracy, reselect_candidates=3)
+    result = get_method("l1_ratio_search").search(search_context, parse_target("flops0.5"))
+    assert len(search_scores) == 21 and len(held_out_calls) == 3  # 21 + 3 = the 24 evaluations
+    assert result.record["masks_evaluated"] == 24
+    finalists = sorted(search_scores, key=search_scores.get, reverse=True)[:3]
+    assert set(held_out_calls) == set(finalists)
+    assert result.mask == max(finalists, key=held_out_accuracy)  # the held-out images decide among the finalists
+    assert result.record["reselect_top1"] == held_out_accuracy(result.mask)
+    assert result.record["search_top1_max"] == max(search_scores.values())
+    assert result.record["reselect_changed"] == (result.mask != finalists[0])
+    tiny = MethodContext(context.model, context.groups, context.cost, evaluator=search_accuracy, evaluations=15,
+                         reselect=held_out_accuracy, reselect_candidates=3)
+    held_out_calls.clear()
+    small = get_method("l1_ratio_search").search(tiny, parse_target("flops0.5"))  # 15 // 8 = 1 finalist: none
+    assert not held_out_calls and "reselect_top1" not in small.record and small.record["masks_evaluated"] == 15
+    one_shot = get_method("l1_uniform").search(search_context, parse_target("flops0.5"))
+    assert "reselect_top1" not in one_shot.record  # only searches choose among scored masks
 
 
 def test_budgeted_evaluator_counts_distinct_masks_and_stops_at_its_limit():

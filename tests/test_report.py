@@ -70,13 +70,17 @@ def test_report_writes_tables_and_figures_with_computed_delta(finished_results):
         assert row["n"] == 2 and row["flops_ratio_std"] == 0
         assert row["delta_top1_std"] == pytest.approx(0.002 * math.sqrt(2))
     markdown = Path(written.summary_md).read_text()
-    # accuracies in percent; a tie (search, pruned) is shown in bold for the first method, never as significant
-    assert ("| gat_ppo | flops0.5 | 2 | 0.480 ± 0.000 | 0.500 ± 0.000 | 80.00 ± 0.00 | 70.00 ± 0.00 | "
-            "**88.00 ± 0.28*** | -2.00 ± 0.28 | 0.80 ± 0.00 | 0.60 ± 0.00 | 3.0 ± 0.0 | 64 ± 0 |") in markdown.splitlines()
-    assert "| flops0.5 | finetuned | gat_ppo | l1_uniform | +3.00 |" in markdown
-    significance = written.significance.set_index("stage")
-    assert significance.loc["finetuned", "best"] == "gat_ppo" and significance.loc["finetuned", "significant"]
-    assert math.isnan(significance.loc["pruned", "p_value"]) and not significance.loc["pruned", "significant"]
+    # test columns first, in percent; a tie (pruned) is shown in bold for the first method, never as significant;
+    # the drop is search minus test pruned (80 - 70); no reselection in these results: n/a columns
+    assert ("| gat_ppo | flops0.5 | 2 | 70.00 ± 0.00 | **88.00 ± 0.28*** | -2.00 ± 0.28 | 0.480 ± 0.000 | "
+            "0.500 ± 0.000 | 80.00 ± 0.00 | n/a | +10.00 ± 0.00 | n/a | 0.80 ± 0.00 | 0.60 ± 0.00 | 3.0 ± 0.0 | "
+            "64 ± 0 |") in markdown.splitlines()
+    assert "| flops0.5 | finetuned | best vs runner-up | gat_ppo | l1_uniform | +3.00 |" in markdown
+    assert "| flops0.5 | finetuned | gat_ppo vs best rival | gat_ppo | l1_uniform | +3.00 |" in markdown
+    assert set(written.significance["metric"]) == {"test_top1_pruned", "test_top1_finetuned"}  # never search
+    best = written.significance[written.significance["comparison"] == "best vs runner-up"].set_index("stage")
+    assert best.loc["finetuned", "best"] == "gat_ppo" and best.loc["finetuned", "significant"]
+    assert math.isnan(best.loc["pruned", "p_value"]) and not best.loc["pruned", "significant"]
     for name in REPORT_FIGURES:
         assert Path(figure(finished_results.results_dir, name)).read_bytes().startswith(b"\x89PNG")
 
@@ -106,6 +110,7 @@ def test_welch_test_separates_a_real_lead_from_seed_noise():
         ])
 
     clear = best_method_tests(runs_of({"a": [0.80, 0.81, 0.79], "b": [0.90, 0.91, 0.89], "c": [0.1, 0.1, 0.1]}))
+    assert set(clear["comparison"]) == {"best vs runner-up"}  # no gat_ppo here: no agent comparisons
     row = clear.set_index("stage").loc["finetuned"]
     assert (row["best"], row["runner_up"]) == ("b", "a") and row["significant"]
     # Welch's t by hand: difference 0.1, both sample variances 1e-4 -> t = 0.1 / sqrt(2e-4 / 3) = 12.25, df = 4
@@ -113,6 +118,24 @@ def test_welch_test_separates_a_real_lead_from_seed_noise():
     noisy = best_method_tests(runs_of({"a": [0.80, 0.90, 0.70], "b": [0.82, 0.72, 0.92]}))
     row = noisy.set_index("stage").loc["finetuned"]
     assert row["best"] == "b" and 0.05 < row["p_value"] <= 1 and not row["significant"]
+
+
+def test_the_agent_is_set_against_its_best_rival_and_its_own_priors():
+    runs = pd.DataFrame([
+        {"experiment": "e", "method": method, "target": "flops0.3", "seed": seed, **{name: 0.5 for name in VALUES},
+         "test_top1_pruned": value + 0.01 * seed}
+        for method, value in (("gat_ppo", 0.80), ("gat_ppo_prior_only", 0.70), ("gat_ppo_mlp", 0.90),
+                              ("depgraph", 0.75), ("l1_uniform", 0.60))
+        for seed in range(3)
+    ])
+    tests = best_method_tests(runs)
+    pruned = tests[tests["stage"] == "pruned"].set_index("comparison")
+    assert pruned.loc["best vs runner-up", ["best", "runner_up"]].tolist() == ["gat_ppo_mlp", "gat_ppo"]
+    # the best rival is the best method that is not a gat_ppo variant
+    assert pruned.loc["gat_ppo vs best rival", ["best", "runner_up"]].tolist() == ["gat_ppo", "depgraph"]
+    assert pruned.loc["gat_ppo vs gat_ppo_prior_only", "best_mean"] - pruned.loc[
+        "gat_ppo vs gat_ppo_prior_only", "runner_up_mean"] == pytest.approx(0.10)
+    assert "gat_ppo vs gat_ppo_no_prior" not in pruned.index  # not run here
 
 
 def test_a_missing_result_names_the_command_that_writes_it(finished_results):

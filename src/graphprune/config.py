@@ -46,6 +46,8 @@ class SearchSettings:
     min_channels: int
     search_images: int | None
     evaluations: int  # distinct masks every search method may score
+    reselect_candidates: int  # best masks rescored on held-out search images after a search (0: off)
+    reselect_images: int | None  # search-split images kept for that rescoring (None: a third of the split)
     recalibrate_bn: bool
     calibration_batches: int
     calibration_batch_size: int

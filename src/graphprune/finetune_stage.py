@@ -56,6 +56,7 @@ class FinetuneMetrics:
     channels_kept: int
     channels: int
     search_top1: float
+    reselect_top1: float | None  # on held-out search images, among the search's finalists (None: not reselected)
     bn_recalibrated: bool  # test_top1_pruned measured with BN statistics recalibrated on training batches
     test_top1_pruned: float
     test_top5_pruned: float
@@ -104,7 +105,7 @@ def finetune(config: Config, experiment: Experiment, method: str, target: str, s
     s = experiment.search
     if s.recalibrate_bn:
         recalibrate_batch_norm(pruned, calibration_images(
-            splits.train, s.calibration_batches, s.calibration_batch_size, experiment.seed, torch_device))
+            splits.train, s.calibration_batches, s.calibration_batch_size, seed, torch_device))  # as the search
     before = evaluate(pruned, test_loader, torch_device)
     log.info("%s %s %s: test top-1 %.4f before fine-tuning", experiment.name, method, target, before["top1"])
 
@@ -125,7 +126,7 @@ def finetune(config: Config, experiment: Experiment, method: str, target: str, s
         flops=flops, params=params, baseline_flops=cost.full_flops, baseline_params=cost.full_params,
         flops_ratio=flops / cost.full_flops, params_ratio=params / cost.full_params,
         channels_kept=sum(mask.counts), channels=sum(groups.sizes),
-        search_top1=float(record["search_top1"]), bn_recalibrated=s.recalibrate_bn,
+        search_top1=float(record["search_top1"]), reselect_top1=record.get("reselect_top1"), bn_recalibrated=s.recalibrate_bn,
         test_top1_pruned=before["top1"], test_top5_pruned=before["top5"],
         test_top1_finetuned=after["top1"], test_top5_finetuned=after["top5"], test_loss_finetuned=after["loss"],
         search_top1_finetuned=search_after["top1"],

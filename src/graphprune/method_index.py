@@ -19,13 +19,15 @@ METHOD_MODULES: dict[str, str] = {
     "gat_ppo": "graphprune.methods.gat_ppo",
     "gat_ppo_transfer": "graphprune.methods.gat_ppo.transfer",
     "l1_ratio_search": "graphprune.methods.heuristics",
+    "depgraph_ratio_search": "graphprune.methods.heuristics",
 }
 
 
 # Scheduling order of search jobs, longest first (methods not listed: 0, as fine-tuning): a local run on few
 # cores then starts the long searches early and ends on short jobs, instead of one late AMC search running
 # alone (measured in `make run`: 153 s with one of two cores idle).
-SEARCH_PRIORITY: dict[str, int] = {"amc": 3, "gat_ppo": 3, "gnnrl": 2, "random_search": 1, "l1_ratio_search": 1}
+SEARCH_PRIORITY: dict[str, int] = {"amc": 3, "gat_ppo": 3, "gnnrl": 2, "random_search": 1, "l1_ratio_search": 1,
+                                   "depgraph_ratio_search": 1}
 
 
 def search_priority(method: str) -> int:

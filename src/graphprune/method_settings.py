@@ -189,6 +189,9 @@ class AgentSettings:
     margin_target: float = 0.05
     repair: str = "agent"  # over-budget episodes drop the channels "agent" (its keep probabilities) or "l1" rates lowest
     greedy_every: int = 1  # score the greedy policy every this many iterations (a diagnostic: no evaluation spent)
+    # False: sample the untrained policy (its L1 and budget priors, margin and multiplier still adapting) for the
+    # same evaluations without any PPO update: the `gat_ppo_prior_only` control of what PPO adds.
+    learn: bool = True
     policy: PolicySettings = field(default_factory=PolicySettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
 
@@ -239,6 +242,7 @@ class TransferSettings:
 METHOD_SETTINGS: dict[str, type] = {
     "random": NoSettings, "l1_uniform": NoSettings, "global_bn": NoSettings, "depgraph": NoSettings,
     "random_search": RatioSearchSettings, "l1_ratio_search": RatioSearchSettings,
+    "depgraph_ratio_search": RatioSearchSettings,
     "amc": AmcSettings, "gnnrl": GnnRlSettings, "gat_ppo": AgentSettings, "gat_ppo_transfer": TransferSettings,
 }
 

@@ -34,23 +34,35 @@ if TYPE_CHECKING:
 
 KEYS = ["experiment", "method", "target"]
 # Summary columns after the keys, in table order; each is a mean over seeds, with `<name>_std` beside it.
-VALUES = ["flops_ratio", "params_ratio", "search_top1", "test_top1_pruned", "test_top1_finetuned", "delta_top1",
-          "latency_ratio_b1", "latency_ratio_b64", "search_seconds", "masks_evaluated"]
-# Copied from finetuned/metrics.json as they are; delta_top1 is computed.
-COPIED = [name for name in VALUES if name != "delta_top1"]
+# The headline first: test top-1 of the chosen network, pruned (BN recalibrated) and fine-tuned. search_top1 is
+# the chosen mask's score on the search images, a maximum over every mask scored (biased up); reselect_top1 its
+# score on held-out search images among a few finalists; the drops are those minus test top-1 pruned.
+VALUES = ["test_top1_pruned", "test_top1_finetuned", "delta_top1", "flops_ratio", "params_ratio", "search_top1",
+          "reselect_top1", "search_drop", "reselect_drop", "latency_ratio_b1", "latency_ratio_b64", "search_seconds",
+          "masks_evaluated"]
+COMPUTED = {"delta_top1", "search_drop", "reselect_drop"}
+OPTIONAL = {"reselect_top1"}  # absent from runs without reselection (and from older results)
+# Copied from finetuned/metrics.json as they are.
+COPIED = [name for name in VALUES if name not in COMPUTED]
 
 # summary.md: header and how each value is shown (accuracies in percent).
 MARKDOWN_COLUMNS = {
-    "flops_ratio": ("FLOPs kept", "{:.3f}"), "params_ratio": ("params kept", "{:.3f}"),
-    "search_top1": ("search top-1 %", "{:.2f}"), "test_top1_pruned": ("test top-1 % pruned", "{:.2f}"),
+    "test_top1_pruned": ("test top-1 % pruned", "{:.2f}"),
     "test_top1_finetuned": ("test top-1 % fine-tuned", "{:.2f}"), "delta_top1": ("Δ top-1 (pp)", "{:+.2f}"),
+    "flops_ratio": ("FLOPs kept", "{:.3f}"), "params_ratio": ("params kept", "{:.3f}"),
+    "search_top1": ("search top-1 % (max)", "{:.2f}"), "reselect_top1": ("held-out search %", "{:.2f}"),
+    "search_drop": ("search − test (pp)", "{:+.2f}"), "reselect_drop": ("held-out − test (pp)", "{:+.2f}"),
     "latency_ratio_b1": ("latency b1", "{:.2f}"), "latency_ratio_b64": ("latency b64", "{:.2f}"),
     "search_seconds": ("search s", "{:.1f}"), "masks_evaluated": ("masks", "{:.0f}"),
 }
-PERCENT = {"search_top1", "test_top1_pruned", "test_top1_finetuned", "delta_top1"}
-# Where the best method is tested against the runner-up: before and after fine-tuning (test split), and on the
-# search split the searches optimised.
-RANKED = {"search": "search_top1", "pruned": "test_top1_pruned", "finetuned": "test_top1_finetuned"}
+PERCENT = {"search_top1", "reselect_top1", "search_drop", "reselect_drop", "test_top1_pruned", "test_top1_finetuned",
+           "delta_top1"}
+# Where methods are tested against each other: on the test split, before and after fine-tuning (never on the
+# search scores the searches maximised).
+RANKED = {"pruned": "test_top1_pruned", "finetuned": "test_top1_finetuned"}
+# The agent against its own priors (what PPO adds; what the L1 prior adds), where both ran.
+AGENT = "gat_ppo"
+CONTROLS = ("gat_ppo_prior_only", "gat_ppo_no_prior")
 SIGNIFICANCE_LEVEL = 0.05
 
 
@@ -93,8 +105,9 @@ def write_report(config: Config) -> ReportFiles:
 
 
 def collect_runs(config: Config) -> pd.DataFrame:
-    """One row per finished (experiment, method, target, seed): the COPIED metrics, baseline_test_top1 and
-    delta_top1 = test_top1_finetuned - baseline_test_top1."""
+    """One row per finished (experiment, method, target, seed): the COPIED metrics, baseline_test_top1,
+    delta_top1 = test_top1_finetuned - baseline_test_top1, and the search-to-test drops (search_top1 or
+    reselect_top1 minus test_top1_pruned)."""
     rows = []
     for name, experiment in config.experiments.items():
         paths = config.paths(name)
@@ -102,11 +115,14 @@ def collect_runs(config: Config) -> pd.DataFrame:
         for method, target, seed in experiment.runs():
             metrics = _read_json(paths.finetuned_metrics(method, target, seed),
                                  f"graphprune finetune --experiment {name} {_run_arguments(method, target, seed)}")
+            copied = {key: metrics.get(key) if key in OPTIONAL else metrics[key] for key in COPIED}
+            held_out = float("nan") if copied["reselect_top1"] is None else copied["reselect_top1"]
             rows.append({
-                "experiment": name, "seed": seed, "method": method, "target": target,
-                **{key: metrics[key] for key in COPIED},
-                "baseline_test_top1": baseline["test_top1"],
+                "experiment": name, "seed": seed, "method": method, "target": target, **copied,
+                "reselect_top1": held_out, "baseline_test_top1": baseline["test_top1"],
                 "delta_top1": metrics["test_top1_finetuned"] - baseline["test_top1"],
+                "search_drop": metrics["search_top1"] - metrics["test_top1_pruned"],
+                "reselect_drop": held_out - metrics["test_top1_pruned"],
             })
     return pd.DataFrame(rows, columns=[*KEYS, "seed", *VALUES, "baseline_test_top1"])
 
@@ -122,31 +138,42 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_method_tests(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per experiment, target and stage of RANKED: the method with the highest mean accuracy, the runner-up,
-    and Welch's t-test of their per-seed accuracies (two-sided). `significant` is p < SIGNIFICANCE_LEVEL; with
-    fewer than two seeds on either side, or no spread at all, p is NaN and nothing is significant."""
-    from scipy.stats import ttest_ind  # only the report needs SciPy
-
+    """Per experiment, target and stage of RANKED (test top-1 pruned and fine-tuned), Welch's t-tests (two-sided)
+    of per-seed accuracies: the method with the highest mean against the runner-up; where gat_ppo ran, gat_ppo
+    against the best method that is not a gat_ppo variant (its strongest rival) and against each of its
+    CONTROLS (what PPO and the L1 prior add). `significant` is p < SIGNIFICANCE_LEVEL; with fewer than two
+    seeds on either side, or no spread at all, p is NaN and nothing is significant."""
     rows = []
     for (experiment, target), panel in runs.groupby(["experiment", "target"], sort=False):
         for stage, column in RANKED.items():
             means = panel.groupby("method", sort=False)[column].mean().sort_values(ascending=False, kind="stable")
-            best = means.index[0]
-            runner_up = means.index[1] if len(means) > 1 else None
-            p_value = float("nan")
-            if runner_up is not None:
-                a, b = (panel.loc[panel["method"] == m, column].to_numpy() for m in (best, runner_up))
-                if min(len(a), len(b)) >= 2 and (a.std() > 0 or b.std() > 0):
-                    p_value = float(ttest_ind(a, b, equal_var=False).pvalue)
-            rows.append({
-                "experiment": experiment, "target": target, "stage": stage, "metric": column, "best": best,
-                "best_mean": means.iloc[0], "runner_up": runner_up,
-                "runner_up_mean": means.iloc[1] if runner_up is not None else float("nan"),
-                "p_value": p_value, "significant": bool(p_value < SIGNIFICANCE_LEVEL),
-            })
-    columns = ["experiment", "target", "stage", "metric", "best", "best_mean", "runner_up", "runner_up_mean",
-               "p_value", "significant"]
+            pairs = [("best vs runner-up", means.index[0], means.index[1] if len(means) > 1 else None)]
+            if AGENT in means.index:
+                rivals = [m for m in means.index if not m.startswith(AGENT)]
+                pairs.append(("gat_ppo vs best rival", AGENT, rivals[0] if rivals else None))
+                pairs += [(f"gat_ppo vs {control}", AGENT, control) for control in CONTROLS if control in means.index]
+            for comparison, first, second in pairs:
+                p_value = _welch_p(panel, column, first, second)
+                rows.append({
+                    "experiment": experiment, "target": target, "stage": stage, "metric": column,
+                    "comparison": comparison, "best": first, "best_mean": means[first], "runner_up": second,
+                    "runner_up_mean": means[second] if second is not None else float("nan"),
+                    "p_value": p_value, "significant": bool(p_value < SIGNIFICANCE_LEVEL),
+                })
+    columns = ["experiment", "target", "stage", "metric", "comparison", "best", "best_mean", "runner_up",
+               "runner_up_mean", "p_value", "significant"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _welch_p(panel: pd.DataFrame, column: str, first: str, second: str | None) -> float:
+    from scipy.stats import ttest_ind  # only the report needs SciPy
+
+    if second is None:
+        return float("nan")
+    a, b = (panel.loc[panel["method"] == m, column].to_numpy() for m in (first, second))
+    if min(len(a), len(b)) >= 2 and (a.std() > 0 or b.std() > 0):
+        return float(ttest_ind(a, b, equal_var=False).pvalue)
+    return float("nan")
 
 
 def baselines(config: Config) -> dict[str, dict[str, Any]]:
@@ -247,15 +274,20 @@ def summary_markdown(summary: pd.DataFrame, baseline_metrics: dict[str, dict[str
     best method per target and stage in bold (with * where its lead over the runner-up is significant), then
     the tests themselves."""
     lines = ["# Results", "",
-             "Test accuracy of each pruned network before and after the same fine-tuning; Δ top-1 = fine-tuned "
-             "minus baseline test top-1 (percentage points). Ratios are pruned / baseline; latency is the median "
-             "of interleaved runs at batch 1 and 64. Mean ± std over the n seeds. Per target, the best search, "
-             "pruned and fine-tuned accuracy is in bold, with * where its lead over the runner-up is larger than "
-             f"seed noise (Welch's t-test over seeds, p < {SIGNIFICANCE_LEVEL}).", ""]
+             "The headline is the test top-1 of the network each method chose, pruned (BN statistics "
+             "recalibrated) and after the same fine-tuning; Δ top-1 = fine-tuned minus baseline test top-1 "
+             "(percentage points). Search top-1 is the chosen mask's score on the search images, a maximum over "
+             "every mask scored and so biased up; held-out search is its score on search images the search never "
+             "scored (among a few finalists); the two drops are those minus test top-1 pruned. Ratios are pruned / "
+             "baseline; latency is the median of interleaved runs at batch 1 and 64. Mean ± std over the n seeds. "
+             "Per target, the best pruned and fine-tuned test accuracy is in bold, with * where its lead over the "
+             f"runner-up is larger than seed noise (Welch's t-test over seeds, p < {SIGNIFICANCE_LEVEL}); the "
+             "tests below also set gat_ppo against its best rival and its own priors.", ""]
     for experiment, rows in summary.groupby("experiment", sort=False):
         baseline = baseline_metrics[experiment]
         tests = significance[significance["experiment"] == experiment]
-        marks = {(t.target, t.metric, t.best): "*" if t.significant else "" for t in tests.itertuples()}
+        marks = {(t.target, t.metric, t.best): "*" if t.significant else "" for t in tests.itertuples()
+                 if t.comparison == "best vs runner-up"}
         lines += [f"## {experiment}", "",
                   f"Baseline: test top-1 {100 * baseline['test_top1']:.2f} %, {baseline['flops'] / 1e6:.2f} M FLOPs "
                   f"(MACs), {baseline['params'] / 1e3:.1f} k params.", ""]
@@ -269,18 +301,20 @@ def summary_markdown(summary: pd.DataFrame, baseline_metrics: dict[str, dict[str
                 mark = marks.get((row["target"], name, row["method"]))
                 cells.append(cell if mark is None else f"**{cell}**{mark}")
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "| target | stage | best | runner-up | difference (pp) | Welch p | lead beyond seed noise |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| target | stage (test top-1) | comparison | first | second | difference (pp) | Welch p "
+                  "| beyond seed noise |", "|---|---|---|---|---|---|---|---|"]
         for t in tests.itertuples():
             difference = 100 * (t.best_mean - t.runner_up_mean)
             p_text = "n/a" if np.isnan(t.p_value) else f"{t.p_value:.3g}"
-            lines.append(f"| {t.target} | {t.stage} | {t.best} | {t.runner_up or '-'} | {difference:+.2f} | "
-                         f"{p_text} | {'yes' if t.significant else 'no'} |")
+            lines.append(f"| {t.target} | {t.stage} | {t.comparison} | {t.best} | {t.runner_up or '-'} | "
+                         f"{difference:+.2f} | {p_text} | {'yes' if t.significant else 'no'} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def _cell(mean: float, std: float, name: str) -> str:
+    if np.isnan(mean):
+        return "n/a"  # e.g. no held-out rescoring in this run
     scale = 100 if name in PERCENT else 1
     fmt = MARKDOWN_COLUMNS[name][1]
     text = fmt.format(scale * mean)

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from graphprune.checkpoint import atomic_write_json, load_model
-from graphprune.config import Config, Experiment
+from graphprune.config import Config, Experiment, SearchSettings
 from graphprune.cost import CostModel, latency_model, parse_target
 from graphprune.data import load_splits
 from graphprune.errors import GraphpruneError
 from graphprune.methods.base import MethodContext, get_method
 from graphprune.pruning import ChannelGroups, save_mask
-from graphprune.search_eval import SearchEvaluator, build_search_evaluator
+from graphprune.search_eval import SearchEvaluator, build_search_evaluators
 from graphprune.train import resolve_device
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class PruningSetup:
     cost: CostModel
     evaluator: SearchEvaluator
     graph_file: Path  # written by `graphprune graph`
+    reselect: SearchEvaluator | None = None  # held-out search images for the final choice (search.reselect_*)
 
     @cached_property
     def graph(self) -> NetworkGraph | None:
@@ -56,8 +57,11 @@ class PruningSetup:
         return graph
 
 
-def load_setup(config: Config, experiment: Experiment, device: str | None = None) -> PruningSetup:
-    """The baseline of `experiment` with its groups, cost model, evaluator and (if built) graph."""
+def load_setup(config: Config, experiment: Experiment, device: str | None = None,
+               seed: int | None = None) -> PruningSetup:
+    """The baseline of `experiment` with its groups, cost model, evaluators and (if built) graph. The search
+    and reselection images and the calibration batches are drawn by `seed` (the search seed; default the
+    experiment's), so every seed of a search scores its own images."""
     paths = config.paths(experiment.name)
     checkpoint = load_model(paths.baseline_model())
     torch_device = resolve_device(device or config.device)
@@ -66,12 +70,21 @@ def load_setup(config: Config, experiment: Experiment, device: str | None = None
     cost = CostModel(model, groups)
     splits = load_splits(experiment.dataset)
     s = experiment.search
-    evaluator = build_search_evaluator(
+    evaluator, reselect = build_search_evaluators(
         model, groups, splits.search, splits.train, search_images=s.search_images,
-        calibration_batches=s.calibration_batches, calibration_batch_size=s.calibration_batch_size,
-        recalibrate_bn=s.recalibrate_bn, seed=experiment.seed, device=torch_device,
+        reselect_images=reselect_images(s, len(splits.search)), calibration_batches=s.calibration_batches,
+        calibration_batch_size=s.calibration_batch_size, recalibrate_bn=s.recalibrate_bn,
+        seed=experiment.seed if seed is None else seed, device=torch_device,
     )
-    return PruningSetup(experiment, model, groups, cost, evaluator, Path(paths.graph()))
+    return PruningSetup(experiment, model, groups, cost, evaluator, Path(paths.graph()), reselect)
+
+
+def reselect_images(search: SearchSettings, search_split: int) -> int:
+    """Search-split images kept for the final rescoring: 0 when it is off, else the configured count or a
+    third of the split."""
+    if not search.reselect_candidates:
+        return 0
+    return search.reselect_images if search.reselect_images is not None else search_split // 3
 
 
 def run_search(config: Config, setup: PruningSetup, method: str, target: str, seed: int) -> dict[str, Any]:
@@ -89,13 +102,16 @@ def run_search(config: Config, setup: PruningSetup, method: str, target: str, se
     pruning_method = get_method(experiment.base_method(method))
     graph = setup.graph if pruning_method.needs_graph else None
     context = MethodContext(setup.model, setup.groups, setup.cost, graph, setup.evaluator, seed=seed,
-                            out_dir=search_dir, evaluations=experiment.evaluations(method))
+                            out_dir=search_dir, evaluations=experiment.evaluations(method),
+                            reselect=setup.reselect, reselect_candidates=experiment.search.reselect_candidates)
     settings = experiment.method_settings(method)
     if experiment.base_method(method) == "gat_ppo_transfer":  # a configured agent is read from its results
         settings["agent"] = config.agent_file(settings["agent"])
     result = pruning_method.search(context, budget, settings)
+    # search_top1: the chosen mask on the search images, a maximum over the masks scored (selection bias);
+    # reselect_top1, where present: on held-out search images, over `reselect_candidates` finalists only.
     record = {**result.record, "method": method, "base_method": experiment.base_method(method), "seed": seed,
-              "search_top1": setup.evaluator(result.mask), "settings": settings, "threads": torch.get_num_threads(),
+              "search_top1": setup.evaluator(result.mask), "search_images": len(setup.evaluator.labels), "settings": settings, "threads": torch.get_num_threads(),
               "kept_per_group": list(result.mask.counts), "group_sizes": list(setup.groups.sizes),
               "group_roots": list(setup.groups.roots)}
     save_mask(paths.mask(method, target, seed), result.mask, setup.groups)

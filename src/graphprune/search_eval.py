@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from graphprune.errors import GraphpruneError
 from graphprune.evaluate import BN_TYPES, evaluation_mode, recalibrate_batch_norm
 from graphprune.pruning import ChannelGroups, ChannelMasker, Mask
 from graphprune.sliced import SlicedNetwork
@@ -121,14 +122,16 @@ def _restore_bn(bn: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
 
 
 def materialize(dataset: Dataset, count: int | None, batch_size: int, seed: int,
-                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` items of a seeded permutation of `dataset` as tensors ([S, C, H, W], [S]) on `device`.
+                device: torch.device | str, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items `skip` to `skip + count` of a seeded permutation of `dataset` as tensors ([S, C, H, W], [S]) on
+    `device` (count None: all after `skip`).
 
     Done once per search so that every mask is scored on the very same images (and augmentation, if the
-    dataset has any, is drawn once under the seed).
+    dataset has any, is drawn once under the seed). Two calls with the same seed and disjoint ranges give
+    disjoint images.
     """
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=generator)
+    order = torch.randperm(len(dataset), generator=generator)[skip:]
     if count is not None:
         order = order[:count]
     state = torch.random.get_rng_state()
@@ -145,14 +148,38 @@ def build_search_evaluator(model: nn.Module, groups: ChannelGroups, search_set: 
                            *, search_images: int | None, calibration_batches: int, calibration_batch_size: int,
                            recalibrate_bn: bool, seed: int, device: torch.device | str) -> SearchEvaluator:
     """A SearchEvaluator on a fixed subset of the search split and fixed calibration batches of train data."""
-    images, labels = materialize(search_set, search_images, 1024, seed, device)
+    return build_search_evaluators(
+        model, groups, search_set, train_set, search_images=search_images, reselect_images=0,
+        calibration_batches=calibration_batches, calibration_batch_size=calibration_batch_size,
+        recalibrate_bn=recalibrate_bn, seed=seed, device=device)[0]
+
+
+def build_search_evaluators(model: nn.Module, groups: ChannelGroups, search_set: Dataset, train_set: Dataset,
+                            *, search_images: int | None, reselect_images: int, calibration_batches: int,
+                            calibration_batch_size: int, recalibrate_bn: bool, seed: int,
+                            device: torch.device | str) -> tuple[SearchEvaluator, SearchEvaluator | None]:
+    """The search's evaluator and the reselection evaluator (None when `reselect_images` is 0), on disjoint
+    images of the search split drawn by `seed` (so every seed of a search scores its own images), with the
+    same calibration batches, also drawn by `seed`."""
+    if reselect_images >= len(search_set):
+        raise GraphpruneError(f"search.reselect_images ({reselect_images}) leaves none of the {len(search_set)} "
+                              "search-split images for the search itself")
+    if search_images is not None and reselect_images + search_images > len(search_set):
+        raise GraphpruneError(f"search.search_images ({search_images}) + search.reselect_images ({reselect_images}) "
+                              f"exceed the search split ({len(search_set)} images)")
     calibration = calibration_images(train_set, calibration_batches, calibration_batch_size, seed, device)
-    return SearchEvaluator(model.to(device), groups, images, labels, calibration, recalibrate_bn)
+    model = model.to(device)
+    images, labels = materialize(search_set, search_images, 1024, seed, device, skip=reselect_images)
+    search = SearchEvaluator(model, groups, images, labels, calibration, recalibrate_bn)
+    if not reselect_images:
+        return search, None
+    held_images, held_labels = materialize(search_set, reselect_images, 1024, seed, device)
+    return search, SearchEvaluator(model, groups, held_images, held_labels, calibration, recalibrate_bn)
 
 
 def calibration_images(train_set: Dataset, batches: int, batch_size: int, seed: int,
                        device: torch.device | str) -> list[torch.Tensor]:
-    """The fixed BN-calibration batches (`batches` x [batch_size, C, H, W] training images) of an experiment
-    with `seed`: search scoring and fine-tuning recalibrate on the very same images."""
+    """The fixed BN-calibration batches (`batches` x [batch_size, C, H, W] training images) of a search with
+    `seed`: search scoring and fine-tuning recalibrate on the very same images."""
     images, _ = materialize(train_set, batches * batch_size, batch_size, seed + 1, device)
     return list(images.split(batch_size))

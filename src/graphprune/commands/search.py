@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config, experiment = load_experiment(args)
     seed = run_seed(args, experiment)
-    setup = load_setup(config, experiment, args.device)
+    setup = load_setup(config, experiment, args.device, seed)
     record = run_search(config, setup, args.method, args.target, seed)
     print(f"{experiment.name} {args.method} {args.target} seed {seed}: search top-1 {record['search_top1']:.4f}, "
           f"flops ratio {record['flops_ratio']:.3f}, params ratio {record['params_ratio']:.3f}, "

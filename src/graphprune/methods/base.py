@@ -47,6 +47,10 @@ class MethodContext:
     seed: int = 0
     out_dir: Path | None = None
     evaluations: int = DEFAULT_EVALUATIONS  # distinct masks a search method may score (the equal search budget)
+    # Held-out search images for the final choice (`reselect`): the `reselect_candidates` best masks by search
+    # score are rescored there, and those rescorings are part of `evaluations`.
+    reselect: Callable[[Mask], float] | None = None
+    reselect_candidates: int = 0
 
 
 class EvaluationBudgetExhausted(Exception):
@@ -67,13 +71,19 @@ class BudgetedEvaluator:
             raise GraphpruneError(f"search.evaluations must be at least 1, got {limit}")
         self.unmetered, self.limit, self.on_new_mask = evaluate, limit, on_new_mask
         self.seen: set[str] = set()
+        self.scored: dict[str, tuple[float, Mask]] = {}  # digest -> (search accuracy, mask), for `reselect`
 
     def __call__(self, mask: Mask) -> float:
         self.charge(mask.key())
-        return float(self.unmetered(mask))
+        accuracy = float(self.unmetered(mask))
+        self.scored[mask.key()] = (accuracy, mask)
+        return accuracy
 
-    def charge(self, key: str) -> None:
-        """Count the mask with digest `key` (free when seen before); raise when it would exceed the limit."""
+    def charge(self, key: str, mask: Mask | None = None, accuracy: float | None = None) -> None:
+        """Count the mask with digest `key` (free when seen before); raise when it would exceed the limit.
+        A method that scores through `unmetered` passes the mask and its accuracy, for `reselect`."""
+        if mask is not None and accuracy is not None:
+            self.scored[key] = (float(accuracy), mask)
         if key not in self.seen:
             if len(self.seen) >= self.limit:
                 raise EvaluationBudgetExhausted(f"all {self.limit} evaluations are spent")
@@ -130,16 +140,23 @@ class PruningMethod(ABC):
         if self.needs_graph and context.graph is None:
             raise GraphpruneError(f"method {self.name} reads the network graph; build it first (`graphprune graph`)")
         budgeted = progress = None
+        reserved = finalists(context) if self.needs_evaluator else 0
         if self.needs_evaluator:  # one-shot methods score nothing: no counter, no empty bar
             if not self.draws_progress:
                 # Shown in a pipeline job's log too (not a terminal), redrawn there every 10 s instead of 0.1 s.
                 progress = tqdm(total=context.evaluations, desc=f"{self.name} {budget}", unit="mask", leave=False,
                                 mininterval=0.1 if sys.stderr.isatty() else 10)
-            budgeted = BudgetedEvaluator(context.evaluator, context.evaluations, progress and progress.update)
+            budgeted = BudgetedEvaluator(context.evaluator, context.evaluations - reserved,
+                                         progress and progress.update)
             context = dataclasses.replace(context, evaluator=budgeted)
         start = time.perf_counter()
         try:
             result = self.choose(context, budget, typed_settings)
+            rescored = 0
+            if reserved:
+                result, rescored = reselect(result, budgeted, context, budget, reserved)
+                if progress is not None:
+                    progress.update(rescored)
         finally:
             if progress is not None:
                 progress.close()
@@ -148,7 +165,7 @@ class PruningMethod(ABC):
         counts = result.mask.counts
         record = {
             "method": self.name, "target": str(budget), "search_seconds": seconds, "notes": "", **result.record,
-            "masks_evaluated": budgeted.masks_evaluated if budgeted else 0,
+            "masks_evaluated": budgeted.masks_evaluated + rescored if budgeted else 0,
             "evaluations": context.evaluations if self.needs_evaluator else 0,
             **{f"{metric}_ratio": context.cost.ratio(metric, counts) for metric in context.cost.priced_metrics},
         }
@@ -164,6 +181,42 @@ class PruningMethod(ABC):
         """Return a mask meeting `budget` (feasibility is already checked) and the method's own record items.
 
         `context.evaluator` is a BudgetedEvaluator: a search method scores masks until it is `exhausted`."""
+
+
+# At most this share of a search's evaluations goes to rescoring finalists; below 2 finalists nothing is rescored.
+_FINALIST_SHARE = 8
+
+
+def finalists(context: MethodContext) -> int:
+    """How many finalists a search rescores on held-out images: `reselect_candidates`, at most an eighth of the
+    evaluations, and none where that leaves fewer than 2 (a tiny search keeps its plain maximum)."""
+    if context.reselect is None:
+        return 0
+    count = min(context.reselect_candidates, context.evaluations // _FINALIST_SHARE)
+    return count if count >= 2 else 0
+
+
+def reselect(result: MethodResult, scored: BudgetedEvaluator, context: MethodContext, budget: Budget,
+             candidates: int) -> tuple[MethodResult, int]:
+    """The final choice among the `candidates` best masks a search scored (the method's own choice always
+    among them): each rescored on held-out search images (`context.reselect`), the best there wins (ties: the
+    better search score, then the method's choice). The max of hundreds of noisy scores on the same images
+    overstates the chosen mask (selection bias); fresh images judge the finalists on equal terms.
+    Returns the result with the record's `reselect_*` items, and how many masks were rescored."""
+    chosen = result.mask
+    pool = {key: entry for key, entry in scored.scored.items() if context.cost.meets(budget, entry[1].counts)}
+    pool[chosen.key()] = (float(scored.unmetered(chosen)), chosen)
+    ranked = sorted(pool.items(), key=lambda item: (-item[1][0], item[0] != chosen.key(), item[0]))[:candidates]
+    if chosen.key() not in {key for key, _ in ranked}:
+        ranked[-1] = (chosen.key(), pool[chosen.key()])
+    finalists = [(float(context.reselect(mask)), search_top1, key == chosen.key(), mask)
+                 for key, (search_top1, mask) in ranked]
+    held_out, search_top1, _, best = max(finalists, key=lambda f: (f[0], f[1], f[2]))
+    record = {**result.record, "reselect_top1": held_out, "reselect_candidates": len(finalists),
+              "reselect_changed": best.key() != chosen.key(),
+              "method_choice_reselect_top1": next(f[0] for f in finalists if f[2]),
+              "search_top1_max": max(entry[0] for entry in pool.values())}
+    return MethodResult(best, record), len(finalists)
 
 
 def _check_result(name: str, context: MethodContext, budget: Budget, mask: Mask) -> None:

@@ -1,9 +1,10 @@
-"""The heuristic comparison systems (docs/BASELINES.md): random, random_search, l1_ratio_search, l1_uniform,
-global_bn, depgraph.
+"""The heuristic comparison systems (docs/BASELINES.md): random, random_search, l1_ratio_search,
+depgraph_ratio_search, l1_uniform, global_bn, depgraph.
 
 Each turns (trained model, budget) into a mask meeting the budget, with the shared arithmetic of `base`:
 a uniform keep ratio by bisection (`random`, `l1_uniform`), a global ranking dropped to the budget
-(`global_bn`, `depgraph`), or random per-group ratios scored by the search evaluator (`random_search`, `l1_ratio_search`).
+(`global_bn`, `depgraph`), or random per-group ratios scored by the search evaluator (`random_search`, `l1_ratio_search`,
+`depgraph_ratio_search`).
 Channel scores are read from the model's weights; nothing here trains, changes or evaluates the model itself.
 """
 
@@ -137,6 +138,18 @@ class L1RatioSearch(RatioSearch):
 
     def channel_chooser(self, context: MethodContext) -> Callable[[np.ndarray, np.random.Generator], Mask]:
         scores = filter_l1_scores(context.model, context.groups)
+        return lambda counts, rng: keep_top(scores, counts)
+
+
+@register("depgraph_ratio_search")
+class DepGraphRatioSearch(RatioSearch):
+    """Random per-group keep ratios, the channels of largest DepGraph group importance kept inside each group:
+    the ratio search over the stronger one-shot ranking (`depgraph_scores`: producer and consumer weights)."""
+
+    description = "largest DepGraph group importance kept"
+
+    def channel_chooser(self, context: MethodContext) -> Callable[[np.ndarray, np.random.Generator], Mask]:
+        scores = depgraph_scores(context.model, context.groups)
         return lambda counts, rng: keep_top(scores, counts)
 
 

@@ -151,7 +151,7 @@ class GatPpoSearch:
         self.seconds = 0.0
         self.timing = {"collect": 0.0, "update": 0.0, "env_step": 0.0, "evaluation": 0.0}
         self.stop_reason = ""
-        self.learn = True  # False: sample with the policy as it is (a trained agent), no PPO updates
+        self.learn = settings.learn  # False: sample with the policy as it is (priors or a trained agent)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self, stop_after_iterations: int | None = None) -> SearchResult:
@@ -236,7 +236,7 @@ class GatPpoSearch:
         """Spend the first evaluation on the greedy policy's mask and make it the best so far (a trained agent's
         first guess); returns its search accuracy."""
         mask, accuracy, _ = self._greedy_episode()
-        self.evaluator.charge(mask.key())
+        self.evaluator.charge(mask.key(), mask, accuracy)
         if self.best is None or accuracy > self.best[0]:
             self.best = (accuracy, [list(k) for k in mask.kept])
         return accuracy
@@ -346,7 +346,7 @@ class GatPpoSearch:
             overshoots.append(overshoot)
             flags = np.asarray(info["kept_flags"], dtype=bool)
             mask = Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:]))
-            self.evaluator.charge(mask.key())  # counted here too: subprocess environments count in their copies
+            self.evaluator.charge(mask.key(), mask, accuracy)  # counted here too: subprocess environments count in their copies
             if self.best is None or accuracy > self.best[0]:
                 self.best = (accuracy, [list(k) for k in mask.kept])
             self.log_rows.append({
