@@ -109,7 +109,10 @@ def test_pipeline_runs_end_to_end_and_reports(finished_run):
             assert 0 <= row[accuracy] <= 1
         assert abs(row["delta_top1"] - (row["test_top1_finetuned"] - baseline_top1)) <= 1e-9
         assert row["latency_ratio_b1"] > 0 and row["latency_ratio_b64"] > 0
-        assert row["search_seconds"] >= 0 and row["masks_evaluated"] >= 0
+        assert row["search_seconds"] > 0
+        # Searches chose among their finalists on held-out search images; a one-shot method has none.
+        assert pd.isna(row["reselect_top1"]) == (row["method"] not in SEARCH_METHODS)
+        assert row["search_drop"] == pytest.approx(row["search_top1"] - row["test_top1_pruned"], abs=1e-12)
         # The table repeats what the stages measured: cost from the search record, accuracy from fine-tuning.
         record = json.loads(Path(paths.search_record(row["method"], TARGET, 0)).read_text())
         metrics = json.loads(Path(paths.finetuned_metrics(row["method"], TARGET, 0)).read_text())
@@ -199,3 +202,18 @@ def test_a_shared_agent_is_trained_once_and_prunes_with_few_evaluations(finished
     assert record["masks_evaluated"] == 4 == record["evaluations"] and record["flops_ratio"] <= 0.5 + 1e-9
     assert record["agent"] == "results/agents/tiny-agent/agent.pt"
     assert (workdir / "logs/agents/tiny-agent.log").is_file()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"pretrain": {"epochs": 0}}, r"experiments\.tiny-digits\.pretrain\.epochs: 0 is less than the minimum of 1"),
+    ({"search": {"methods": {"gat_ppo": {"episodes_per_iteraton": 4}}}}, r"unknown setting\(s\) episodes_per_iteraton"),
+])
+def test_a_config_error_is_its_message_alone(tmp_path, change, message):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["experiments"][EXPERIMENT].update(change)
+    write_config(tmp_path, config)
+    completed = subprocess.run([str(SNAKEMAKE), "-s", str(REPO_ROOT / "Snakefile"), "-d", str(tmp_path), "-n"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode != 0
+    assert re.search(message, completed.stderr), completed.stderr
+    assert 'File "' not in completed.stderr and "Traceback" not in completed.stderr  # no frame list

@@ -7,10 +7,16 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from graphprune.config import CONFIG_FILE_VARIABLE, config_from_dict, write_resolved_config
+from graphprune.errors import GraphpruneError
 from graphprune.method_index import search_priority
 from graphprune.paths import ResultPaths, agent_log, agent_path
 
 
+# The package's checks first: a user's mistake is one message with its key path, not a list of frames.
+try:
+    GRAPHPRUNE_CONFIG = config_from_dict(config, source="the config")
+except GraphpruneError as error:
+    sys.exit(f"graphprune: {error}")
 validate(config, schema="../schemas/config.schema.yaml")
 
 
@@ -25,7 +31,6 @@ envvars:
 # edit may rerun a job; each rule's hash param decides that.
 os.environ[CONFIG_FILE_VARIABLE] = write_resolved_config(config, ".snakemake/graphprune")
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-GRAPHPRUNE_CONFIG = config_from_dict(config, source=os.environ[CONFIG_FILE_VARIABLE])
 EXPERIMENTS = list(GRAPHPRUNE_CONFIG.experiments)
 RESULTS = ResultPaths(GRAPHPRUNE_CONFIG.results_dir, "{experiment}", GRAPHPRUNE_CONFIG.logs_dir)
 
