@@ -507,3 +507,19 @@ def test_prior_only_samples_the_untrained_policy_without_any_update(toy, tmp_pat
         search.close()
     learner, _ = run_search(toy, tmp_path / "learning", small_settings(), evaluations=32)  # same seed, same start
     assert any(not torch.equal(before[k], v) for k, v in learner.weights().items())
+
+
+def test_a_gat_ppo_search_leaves_the_callers_random_streams_alone(toy, tmp_path):
+    import random
+
+    from graphprune.methods import get_method
+
+    model, groups, cost, evaluator, graph = toy
+    context = MethodContext(model, groups, cost, graph, evaluator, seed=3, out_dir=tmp_path, evaluations=16)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    get_method("gat_ppo").search(context, parse_target("flops0.5"), {"episodes_per_iteration": 8, "num_envs": 4})
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]

@@ -9,6 +9,7 @@ Nothing here learns, and nothing here scores a mask over the budget.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -63,17 +64,26 @@ class ScoredMasks:
 
 
 @contextlib.contextmanager
+def preserved_global_rngs() -> Iterator[None]:
+    """Put torch's (CPU), numpy's and Python's global generators back as they were after the block, whatever
+    it seeded or drew: a search leaves the caller's random streams untouched."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+
+@contextlib.contextmanager
 def seeded_global_rngs(seed: int) -> Iterator[None]:
     """Seed torch's and numpy's global generators for the block and restore them afterwards.
 
     Tianshou samples actions from torch's global generator and minibatches from numpy's, so seeding them is
     what makes a search reproducible; restoring them leaves the caller's random streams untouched.
     """
-    numpy_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with preserved_global_rngs():
         torch.manual_seed(seed)
         np.random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)
+        yield

@@ -15,6 +15,7 @@ from graphprune.method_settings import AgentSettings
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
 from graphprune.methods.gat_ppo.agent import GatPpoSearch, SearchResult
 from graphprune.methods.heuristics import filter_l1_scores
+from graphprune.methods.rl_common import preserved_global_rngs
 
 
 @register("gat_ppo")
@@ -27,11 +28,12 @@ class GatPpo(PruningMethod):
     draws_progress = True  # iterations with best accuracy and multiplier
 
     def choose(self, context: MethodContext, budget: Budget, settings: AgentSettings) -> MethodResult:
-        search = build_search(context, budget, settings)
-        try:
-            return search_result(search, search.run())
-        finally:
-            search.close()
+        with preserved_global_rngs():  # the search seeds the global generators Tianshou draws from
+            search = build_search(context, budget, settings)
+            try:
+                return search_result(search, search.run())
+            finally:
+                search.close()
 
 
 def build_search(context: MethodContext, budget: Budget, settings: AgentSettings) -> GatPpoSearch:
