@@ -90,7 +90,7 @@ def test_search_method_uses_the_held_out_split_and_the_budget(model):
     assert set(m.latency) == {"1"} and m.latency["1"]["ratio"] > 0
 
 
-def test_gat_ppo_prunes_a_user_network_and_finetuning_improves_it(model, tmp_path):
+def test_gat_ppo_prunes_a_user_network_and_finetuning_does_not_lower_its_accuracy(model, tmp_path):
     data = graphprune.PruneData.split(DataLoader(images(150), batch_size=16), search_size=0.2)
     settings = {"episodes_per_iteration": 4, "num_envs": 2, "policy": {"hidden": 16}}
     result = graphprune.prune(model, EXAMPLE, target="flops0.5", method="gat_ppo", data=data, settings=settings,
@@ -99,7 +99,7 @@ def test_gat_ppo_prunes_a_user_network_and_finetuning_improves_it(model, tmp_pat
     assert (tmp_path / "search").is_dir()  # the search log and checkpoint stay where asked
     graphprune.finetune(result, epochs=2, lr=0.05, batch_size=32, run_dir=tmp_path / "finetune")
     assert len(result.history) == 2 and result.metrics.search_top1_finetuned is not None
-    assert result.metrics.search_top1_finetuned >= result.metrics.search_top1 - 0.05
+    assert result.metrics.search_top1_finetuned >= result.metrics.search_top1  # the returned model scored that
 
 
 @pytest.mark.parametrize(("call", "message"), [

@@ -16,7 +16,7 @@ from graphprune.cost import parse_target
 from graphprune.errors import GraphpruneError
 from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import MethodContext
-from graphprune.paths import agent_dir
+from graphprune.paths import AGENT_CHECKPOINT, agent_dir
 from graphprune.search import load_setup
 
 log = logging.getLogger(__name__)
@@ -48,5 +48,5 @@ def train_agent(config: Config, name: str, device: str | None = None) -> dict:
     finally:
         trainer.close()
     atomic_write_json({"agent": name, **record}, out_dir / "agent.json")
-    log.info("wrote %s", out_dir / "agent.pt")
+    log.info("wrote %s", out_dir / AGENT_CHECKPOINT)
     return record

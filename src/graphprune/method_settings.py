@@ -202,13 +202,13 @@ class AgentSettings:
         if isinstance(self.reward, dict):
             object.__setattr__(self, "reward", RewardSettings(**self.reward))
         if self.vector_env not in ("dummy", "subprocess"):
-            raise GraphpruneError(f"search.vector_env must be 'dummy' or 'subprocess', got {self.vector_env!r}")
+            raise GraphpruneError(f"search.methods.gat_ppo.vector_env must be 'dummy' or 'subprocess', got {self.vector_env!r}")
         if self.episode not in ("per_group", "one_shot"):
-            raise GraphpruneError(f"search.episode must be 'per_group' or 'one_shot', got {self.episode!r}")
+            raise GraphpruneError(f"search.methods.gat_ppo.episode must be 'per_group' or 'one_shot', got {self.episode!r}")
         if self.policy.action == "ratio" and self.episode != "per_group":
             raise GraphpruneError("search.methods.gat_ppo: policy.action 'ratio' needs episode 'per_group'")
         if self.episodes_per_iteration % self.num_envs:
-            raise GraphpruneError("search.episodes_per_iteration must be a multiple of search.num_envs")
+            raise GraphpruneError("search.methods.gat_ppo.episodes_per_iteration must be a multiple of its num_envs")
         if self.repair not in REPAIRS:
             raise GraphpruneError(f"search.methods.gat_ppo.repair must be one of {', '.join(REPAIRS)}, got {self.repair!r}")
         if self.greedy_every < 1:

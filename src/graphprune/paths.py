@@ -11,6 +11,11 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
+# File names inside a search folder (and a shared agent's folder), also used by the agent that writes them.
+AGENT_CHECKPOINT = "agent.pt"
+SEARCH_LOG = "log.csv"
+SEARCH_ITERATIONS = "iterations.csv"
+
 
 def agent_dir(root: str, name: str) -> str:
     """Folder of the shared agent `name` (graphprune train-agent): agent.pt, its training log and its tasks."""
@@ -18,7 +23,7 @@ def agent_dir(root: str, name: str) -> str:
 
 
 def agent_path(root: str, name: str) -> str:
-    return posixpath.join(agent_dir(root, name), "agent.pt")
+    return posixpath.join(agent_dir(root, name), AGENT_CHECKPOINT)
 
 
 def agent_log(logs_root: str, name: str, suffix: str = "log") -> str:
@@ -69,11 +74,11 @@ class ResultPaths:
 
     def search_iterations(self, method: str, target: str, seed: int | str) -> str:
         """Per-iteration statistics of a learning search (gat_ppo): sampled accuracy, greedy policy, PPO's own."""
-        return posixpath.join(self.search_dir(method, target, seed), "iterations.csv")
+        return posixpath.join(self.search_dir(method, target, seed), SEARCH_ITERATIONS)
 
     def search_log(self, method: str, target: str, seed: int | str) -> str:
         """Per-episode log of a search, written by the methods that learn (gat_ppo); others write none."""
-        return posixpath.join(self.search_dir(method, target, seed), "log.csv")
+        return posixpath.join(self.search_dir(method, target, seed), SEARCH_LOG)
 
     def mask(self, method: str, target: str, seed: int | str) -> str:
         return posixpath.join(self.method_dir(method, target, seed), "mask.pt")

@@ -2,9 +2,10 @@
 
 A *channel group* is one pruning decision: channels tied together by residual adds, depthwise convs or
 concatenation (found by Torch-Pruning's DependencyGraph). A `Mask` keeps a sorted set of channel indices per
-group. Two ways to apply it, which must agree exactly:
-- `ChannelMasker`: forward hooks that zero the pruned channels in place (no copy; fast search evaluation);
-- `prune_model`: a physically smaller, ordinary `nn.Module` (a deep copy pruned with Torch-Pruning).
+group. Two ways to apply it live here, and a third in `graphprune.sliced`; all must agree exactly (tested):
+- `ChannelMasker`: forward hooks that zero the pruned channels in place (no copy);
+- `prune_model`: a physically smaller, ordinary `nn.Module` (a deep copy pruned with Torch-Pruning);
+- `sliced.SlicedNetwork`: the forward on sliced weight tensors (search scoring at the pruned network's cost).
 A pruned network is stored as spec + mask + state dict and rebuilt by replaying the mask (`save_pruned`,
 `load_pruned`; never a pickled module), and exported with `export_onnx`.
 This module knows nothing of costs, graphs or agents.

@@ -236,7 +236,7 @@ def register(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
 
     def add(cls: type[PruningMethod]) -> type[PruningMethod]:
         if name not in METHOD_MODULES:
-            raise ValueError(f"add {name!r} to METHOD_MODULES in graphprune.methods.base so it can be found")
+            raise ValueError(f"add {name!r} to METHOD_MODULES in graphprune.method_index so it can be found")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"two pruning methods are registered as {name!r}")
         cls.name = name

@@ -46,6 +46,7 @@ from graphprune.methods.gat_ppo.policy import (
 )
 from graphprune.methods.gat_ppo.reward import BudgetMargin, LagrangeMultiplier, SelfCompetitionReward
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION
+from graphprune.paths import AGENT_CHECKPOINT, SEARCH_ITERATIONS, SEARCH_LOG
 from graphprune.pruning import Mask
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,7 @@ ITERATION_COLUMNS = ("iteration", "episodes", "masks_evaluated", "sampled_mean",
                      "reward_mean",
                      "reward_std", "policy_loss", "value_loss", "update_epochs", "entropy", "approx_kl",
                      "clip_fraction", "explained_variance")
-CHECKPOINT_NAME = "agent.pt"
-LOG_NAME = "log.csv"
-ITERATIONS_NAME = "iterations.csv"
+CHECKPOINT_NAME, LOG_NAME, ITERATIONS_NAME = AGENT_CHECKPOINT, SEARCH_LOG, SEARCH_ITERATIONS  # graphprune.paths
 OPTIMIZERS_KEY = PPO._STATE_DICT_KEY_OPTIMIZERS  # where Tianshou's state_dict keeps the optimizer states
 # Where the policy rates channels alike (at the start every keep probability is the same), filter L1 decides.
 L1_TIE_BREAK = 1e-6

@@ -28,6 +28,7 @@ from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import BudgetedEvaluator, MethodContext
 from graphprune.methods.gat_ppo import build_search
 from graphprune.methods.gat_ppo.agent import GatPpoSearch
+from graphprune.paths import AGENT_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class SharedAgentTrainer:
                                               for s, t in zip(self.searches, self.tasks, strict=True)])),
             "final_sampled_mean": {s.out_dir.name: s.iteration_rows[-1]["sampled_mean"] for s in self.searches},
         }
-        atomic_torch_save({**record, "weights": last.weights()}, self.out_dir / "agent.pt")
+        atomic_torch_save({**record, "weights": last.weights()}, self.out_dir / AGENT_CHECKPOINT)
         return record
 
 
