@@ -1,6 +1,7 @@
 """Every registered heuristic returns a feasible mask; each ranks channels as its paper says; the registry,
 settings and random_search's equal-budget contract."""
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -209,22 +210,36 @@ def test_reselection_rescores_the_best_masks_on_held_out_images_within_the_evalu
         held_out_calls.append(mask)
         return float(np.dot(mask.counts, np.linspace(0.0, 1.0, len(mask.counts))))
 
+    def pooled(mask: Mask) -> float:
+        return 0.75 * search_scores[mask] + 0.25 * held_out_accuracy(mask)
+
     search_context = MethodContext(context.model, context.groups, context.cost, evaluator=search_accuracy, seed=5,
-                                   evaluations=24, reselect=held_out_accuracy, reselect_candidates=3)
+                                   evaluations=24, reselect=held_out_accuracy, reselect_candidates=3,
+                                   reselect_weight=0.25)
     result = get_method("l1_ratio_search").search(search_context, parse_target("flops0.5"))
     assert len(search_scores) == 21 and len(held_out_calls) == 3  # 21 + 3 = the 24 evaluations
     assert result.record["masks_evaluated"] == 24
     finalists = sorted(search_scores, key=search_scores.get, reverse=True)[:3]
     assert set(held_out_calls) == set(finalists)
-    assert result.mask == max(finalists, key=held_out_accuracy)  # the held-out images decide among the finalists
+    assert result.mask == max(finalists, key=pooled)  # search and held-out images decide together
     assert result.record["reselect_top1"] == held_out_accuracy(result.mask)
     assert result.record["search_top1_max"] == max(search_scores.values())
     assert result.record["reselect_changed"] == (result.mask != finalists[0])
-    tiny = MethodContext(context.model, context.groups, context.cost, evaluator=search_accuracy, evaluations=15,
+
+    # The default: one finalist, the search's own choice, scored once more on images it never saw.
+    search_scores.clear()
+    held_out_calls.clear()
+    confirm = dataclasses.replace(search_context, reselect_candidates=1)
+    confirmed = get_method("l1_ratio_search").search(confirm, parse_target("flops0.5"))
+    assert len(search_scores) == 23 and held_out_calls == [confirmed.mask]
+    assert confirmed.mask == max(search_scores, key=search_scores.get) and not confirmed.record["reselect_changed"]
+    assert confirmed.record["reselect_top1"] == held_out_accuracy(confirmed.mask)
+
+    tiny = MethodContext(context.model, context.groups, context.cost, evaluator=search_accuracy, evaluations=7,
                          reselect=held_out_accuracy, reselect_candidates=3)
     held_out_calls.clear()
-    small = get_method("l1_ratio_search").search(tiny, parse_target("flops0.5"))  # 15 // 8 = 1 finalist: none
-    assert not held_out_calls and "reselect_top1" not in small.record and small.record["masks_evaluated"] == 15
+    small = get_method("l1_ratio_search").search(tiny, parse_target("flops0.5"))  # 7 // 8 = 0 finalists
+    assert not held_out_calls and "reselect_top1" not in small.record and small.record["masks_evaluated"] == 7
     one_shot = get_method("l1_uniform").search(search_context, parse_target("flops0.5"))
     assert "reselect_top1" not in one_shot.record  # only searches choose among scored masks
 

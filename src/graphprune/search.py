@@ -87,6 +87,14 @@ def reselect_images(search: SearchSettings, search_split: int) -> int:
     return search.reselect_images if search.reselect_images is not None else search_split // 3
 
 
+def _held_out_share(setup: PruningSetup) -> float:
+    """The held-out images' share of all search-split images the final choice sees (0 without reselection)."""
+    if setup.reselect is None:
+        return 0.0
+    held_out = len(setup.reselect.labels)
+    return held_out / (held_out + len(setup.evaluator.labels))
+
+
 def run_search(config: Config, setup: PruningSetup, method: str, target: str, seed: int) -> dict[str, Any]:
     """Choose a mask with `method` (a registry or variant name) under `target`, seeded by `seed`; write mask.pt
     and search/record.json; return the record."""
@@ -103,13 +111,14 @@ def run_search(config: Config, setup: PruningSetup, method: str, target: str, se
     graph = setup.graph if pruning_method.needs_graph else None
     context = MethodContext(setup.model, setup.groups, setup.cost, graph, setup.evaluator, seed=seed,
                             out_dir=search_dir, evaluations=experiment.evaluations(method),
-                            reselect=setup.reselect, reselect_candidates=experiment.search.reselect_candidates)
+                            reselect=setup.reselect, reselect_candidates=experiment.search.reselect_candidates,
+                            reselect_weight=_held_out_share(setup))
     settings = experiment.method_settings(method)
     if experiment.base_method(method) == "gat_ppo_transfer":  # a configured agent is read from its results
         settings["agent"] = config.agent_file(settings["agent"])
     result = pruning_method.search(context, budget, settings)
     # search_top1: the chosen mask on the search images, a maximum over the masks scored (selection bias);
-    # reselect_top1, where present: on held-out search images, over `reselect_candidates` finalists only.
+    # reselect_top1, where present: the result on held-out search images (unbiased when reselect_candidates is 1).
     record = {**result.record, "method": method, "base_method": experiment.base_method(method), "seed": seed,
               "search_top1": setup.evaluator(result.mask), "search_images": len(setup.evaluator.labels), "settings": settings, "threads": torch.get_num_threads(),
               "kept_per_group": list(result.mask.counts), "group_sizes": list(setup.groups.sizes),

@@ -47,10 +47,12 @@ class MethodContext:
     seed: int = 0
     out_dir: Path | None = None
     evaluations: int = DEFAULT_EVALUATIONS  # distinct masks a search method may score (the equal search budget)
-    # Held-out search images for the final choice (`reselect`): the `reselect_candidates` best masks by search
-    # score are rescored there, and those rescorings are part of `evaluations`.
+    # Held-out search images (`reselect`) that score the search's final choice once more, unbiased by the
+    # search's maximum; with `reselect_candidates` > 1 the best few masks by search score are rescored and the
+    # best by their pooled score wins (the held-out score counting `reselect_weight`). Part of `evaluations`.
     reselect: Callable[[Mask], float] | None = None
     reselect_candidates: int = 0
+    reselect_weight: float = 0.5  # held-out images / (search + held-out images)
 
 
 class EvaluationBudgetExhausted(Exception):
@@ -183,25 +185,25 @@ class PruningMethod(ABC):
         `context.evaluator` is a BudgetedEvaluator: a search method scores masks until it is `exhausted`."""
 
 
-# At most this share of a search's evaluations goes to rescoring finalists; below 2 finalists nothing is rescored.
+# At most this share of a search's evaluations goes to rescoring finalists (a search of under 8 masks: none).
 _FINALIST_SHARE = 8
 
 
 def finalists(context: MethodContext) -> int:
     """How many finalists a search rescores on held-out images: `reselect_candidates`, at most an eighth of the
-    evaluations, and none where that leaves fewer than 2 (a tiny search keeps its plain maximum)."""
+    evaluations."""
     if context.reselect is None:
         return 0
-    count = min(context.reselect_candidates, context.evaluations // _FINALIST_SHARE)
-    return count if count >= 2 else 0
+    return min(context.reselect_candidates, context.evaluations // _FINALIST_SHARE)
 
 
 def reselect(result: MethodResult, scored: BudgetedEvaluator, context: MethodContext, budget: Budget,
              candidates: int) -> tuple[MethodResult, int]:
-    """The final choice among the `candidates` best masks a search scored (the method's own choice always
-    among them): each rescored on held-out search images (`context.reselect`), the best there wins (ties: the
-    better search score, then the method's choice). The max of hundreds of noisy scores on the same images
-    overstates the chosen mask (selection bias); fresh images judge the finalists on equal terms.
+    """Score the search's result on held-out search images (`context.reselect`) the search never saw: the best
+    of hundreds of noisy scores on the same images overstates the chosen mask (selection bias), a fresh score
+    does not. With `candidates` > 1 the best masks by search score (the method's choice always among them)
+    are all rescored and the best by pooled score wins (ties: the method's choice). Choosing by the held-out
+    score alone would bias it again (bench/selection_rules.py measures the rules).
     Returns the result with the record's `reselect_*` items, and how many masks were rescored."""
     chosen = result.mask
     pool = {key: entry for key, entry in scored.scored.items() if context.cost.meets(budget, entry[1].counts)}
@@ -209,12 +211,13 @@ def reselect(result: MethodResult, scored: BudgetedEvaluator, context: MethodCon
     ranked = sorted(pool.items(), key=lambda item: (-item[1][0], item[0] != chosen.key(), item[0]))[:candidates]
     if chosen.key() not in {key for key, _ in ranked}:
         ranked[-1] = (chosen.key(), pool[chosen.key()])
-    finalists = [(float(context.reselect(mask)), search_top1, key == chosen.key(), mask)
-                 for key, (search_top1, mask) in ranked]
-    held_out, search_top1, _, best = max(finalists, key=lambda f: (f[0], f[1], f[2]))
+    weight = context.reselect_weight
+    finalists = [((1 - weight) * search_top1 + weight * held_out, key == chosen.key(), held_out, mask)
+                 for key, (search_top1, mask) in ranked for held_out in [float(context.reselect(mask))]]
+    _, _, held_out, best = max(finalists, key=lambda f: (f[0], f[1]))
     record = {**result.record, "reselect_top1": held_out, "reselect_candidates": len(finalists),
               "reselect_changed": best.key() != chosen.key(),
-              "method_choice_reselect_top1": next(f[0] for f in finalists if f[2]),
+              "method_choice_reselect_top1": next(f[2] for f in finalists if f[1]),
               "search_top1_max": max(entry[0] for entry in pool.values())}
     return MethodResult(best, record), len(finalists)
 
