@@ -16,14 +16,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment, stable_hash
 from graphprune.cost import CostModel, measure_latency
-from graphprune.data import load_splits, make_loader
+from graphprune.data import Splits, load_splits, make_loader
 from graphprune.errors import GraphpruneError
 from graphprune.evaluate import evaluate, recalibrate_batch_norm
 from graphprune.paths import training_checkpoint
-from graphprune.pruning import ChannelGroups, load_mask, prune_model, save_pruned
+from graphprune.pruning import ChannelGroups, Mask, load_mask, prune_model, save_pruned
 from graphprune.search_eval import calibration_images
 from graphprune.train import resolve_device, train
 
@@ -76,11 +78,27 @@ class FinetuneMetrics:
     config_hash: str
 
 
-def finetune(config: Config, experiment: Experiment, method: str, target: str, seed: int, *,
-             device: str | None = None) -> FinetuneMetrics:
-    """Prune the baseline of `experiment` by the mask `method` chose for `target` with `seed`, fine-tune it
-    (seeded by `seed`) and write results/<exp>/<method>/<target>/seed<seed>/finetuned/; returns the metrics
-    written to metrics.json."""
+@dataclass
+class PrunedBaseline:
+    """The baseline of an experiment pruned physically by one search's mask, BN statistics as the search saw them,
+    with what measuring it needs (the unpruned `baseline`, the splits, the cost model)."""
+
+    spec: Any  # model_spec.ModelSpec of the baseline
+    baseline: torch.nn.Module
+    groups: ChannelGroups
+    mask: Mask
+    cost: CostModel
+    pruned: torch.nn.Module
+    splits: Splits
+    device: torch.device
+    record: dict[str, Any]  # the search's search/record.json
+
+
+def pruned_baseline(config: Config, experiment: Experiment, method: str, target: str, seed: int, *,
+                    device: str | None = None) -> PrunedBaseline:
+    """Load the trained baseline and the mask `method` chose for `target` with `seed`, remove the pruned channels
+    and (with `search.recalibrate_bn`) recalibrate BN on the search seed's calibration batches, as the search
+    scored the mask. Raises GraphpruneError naming the command that makes a missing input."""
     paths = config.paths(experiment.name)
     _require(paths.baseline_model(), f"graphprune pretrain --experiment {experiment.name}")
     search_command = (f"graphprune search --experiment {experiment.name} --method {method} --target {target} "
@@ -90,22 +108,33 @@ def finetune(config: Config, experiment: Experiment, method: str, target: str, s
     record = json.loads(Path(paths.search_record(method, target, seed)).read_text())
 
     torch_device = resolve_device(device or config.device)
-    baseline = load_model(paths.baseline_model())
-    spec = baseline.spec
-    model = baseline.model.to(torch_device)
-    groups = ChannelGroups(model, spec.input_shape, min_channels=experiment.search.min_channels)
+    loaded = load_model(paths.baseline_model())
+    model = loaded.model.to(torch_device)
+    groups = ChannelGroups(model, loaded.spec.input_shape, min_channels=experiment.search.min_channels)
     mask = load_mask(paths.mask(method, target, seed), groups)
-    cost = CostModel(model, groups)
-    flops, params = cost.of_mask(mask)
     pruned = prune_model(model, groups, mask)
-
     splits = load_splits(experiment.dataset)
-    recipe = experiment.finetune
-    test_loader = make_loader(splits.test, recipe.batch_size)
     s = experiment.search
     if s.recalibrate_bn:
         recalibrate_batch_norm(pruned, calibration_images(
             splits.train, s.calibration_batches, s.calibration_batch_size, seed, torch_device))  # as the search
+    return PrunedBaseline(loaded.spec, model, groups, mask, CostModel(model, groups), pruned, splits, torch_device,
+                          record)
+
+
+def finetune(config: Config, experiment: Experiment, method: str, target: str, seed: int, *,
+             device: str | None = None) -> FinetuneMetrics:
+    """Prune the baseline of `experiment` by the mask `method` chose for `target` with `seed`, fine-tune it
+    (seeded by `seed`) and write results/<exp>/<method>/<target>/seed<seed>/finetuned/; returns the metrics
+    written to metrics.json."""
+    paths = config.paths(experiment.name)
+    network = pruned_baseline(config, experiment, method, target, seed, device=device)
+    spec, model, groups, mask, cost = network.spec, network.baseline, network.groups, network.mask, network.cost
+    pruned, splits, torch_device, record = network.pruned, network.splits, network.device, network.record
+    flops, params = cost.of_mask(mask)
+    recipe = experiment.finetune
+    test_loader = make_loader(splits.test, recipe.batch_size)
+    s = experiment.search
     before = evaluate(pruned, test_loader, torch_device)
     log.info("%s %s %s: test top-1 %.4f before fine-tuning", experiment.name, method, target, before["top1"])
 
