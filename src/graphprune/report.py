@@ -36,7 +36,8 @@ KEYS = ["experiment", "method", "target"]
 # Summary columns after the keys, in table order; each is a mean over seeds, with `<name>_std` beside it.
 # The headline first: test top-1 of the chosen network, pruned (BN recalibrated) and fine-tuned. search_top1 is
 # the chosen mask's score on the search images, a maximum over every mask scored (biased up); reselect_top1 its
-# score on held-out search images among a few finalists; the drops are those minus test top-1 pruned.
+# score on held-out search images the search never scored (an unbiased estimate with one finalist, the
+# default); the drops are those minus test top-1 pruned.
 VALUES = ["test_top1_pruned", "test_top1_finetuned", "delta_top1", "flops_ratio", "params_ratio", "search_top1",
           "reselect_top1", "search_drop", "reselect_drop", "latency_ratio_b1", "latency_ratio_b64", "search_seconds",
           "masks_evaluated"]
@@ -278,7 +279,7 @@ def summary_markdown(summary: pd.DataFrame, baseline_metrics: dict[str, dict[str
              "recalibrated) and after the same fine-tuning; Δ top-1 = fine-tuned minus baseline test top-1 "
              "(percentage points). Search top-1 is the chosen mask's score on the search images, a maximum over "
              "every mask scored and so biased up; held-out search is its score on search images the search never "
-             "scored (among a few finalists); the two drops are those minus test top-1 pruned. Ratios are pruned / "
+             "scored (free of that bias with search.reselect_candidates 1, the default); the two drops are those minus test top-1 pruned. Ratios are pruned / "
              "baseline; latency is the median of interleaved runs at batch 1 and 64. Mean ± std over the n seeds. "
              "Per target, the best pruned and fine-tuned test accuracy is in bold, with * where its lead over the "
              f"runner-up is larger than seed noise (Welch's t-test over seeds, p < {SIGNIFICANCE_LEVEL}); the "
