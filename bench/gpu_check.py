@@ -18,11 +18,11 @@ from common import machine_summary
 
 import graphprune
 from graphprune.config import config_from_dict, dataset_settings
-from graphprune.cost import measure_latency
 from graphprune.data import load_splits
 from graphprune.models import ModelSpec, build_model
+from graphprune.network.cost import measure_latency
+from graphprune.network.pruning import ChannelGroups, Mask, prune_model
 from graphprune.pretrain import pretrain
-from graphprune.pruning import ChannelGroups, Mask, prune_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"

@@ -105,8 +105,8 @@ def _remove_empty_folders(root: Path, keep_root: bool) -> None:
 
 def _prune(args: argparse.Namespace) -> int:
     from graphprune import api
-    from graphprune.cost import parse_target
     from graphprune.methods import get_method
+    from graphprune.network.cost import parse_target
 
     apply_threads(args)
     # Everything a user can get wrong is checked before any loading, tracing or writing.
@@ -155,7 +155,7 @@ def write_outputs(result: api.PruneResult, out: Path, *, checkpoint: Path | None
     """model.pt, mask.pt, optional model.onnx, then metrics.json (last: its presence means the rest is there)."""
     from graphprune import api
     from graphprune.checkpoint import atomic_write_json
-    from graphprune.pruning import export_onnx, save_mask
+    from graphprune.network.pruning import export_onnx, save_mask
 
     out.mkdir(parents=True, exist_ok=True)
     api.save(result, out / "model.pt")

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from graphprune.checkpoint import atomic_torch_save, load_checkpoint
-from graphprune.cost import _Affine, _conv_widths, _LayerCall, _trace_layer_calls, _width
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluation_mode
-from graphprune.pruning import ChannelGroups, Mask, prune_model
+from graphprune.network.cost import _Affine, _conv_widths, _LayerCall, _trace_layer_calls, _width
+from graphprune.network.evaluate import evaluation_mode
+from graphprune.network.pruning import ChannelGroups, Mask, prune_model
 
 FORMAT_VERSION = 2
 REMAINDERS = ("fitted", "affine", "scaled", "constant")

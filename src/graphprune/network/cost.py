@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from torch_pruning.utils import op_counter
 
-from graphprune.budget import METRICS, Budget, parse_target  # noqa: F401 (re-exported)
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluation_mode
-from graphprune.pruning import ChannelGroups, Mask
-from graphprune.root_channels import member_channels
+from graphprune.network.budget import METRICS, Budget, parse_target  # noqa: F401 (re-exported)
+from graphprune.network.evaluate import evaluation_mode
+from graphprune.network.pruning import ChannelGroups, Mask
+from graphprune.network.root_channels import member_channels
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -147,7 +147,7 @@ class CostModel:
         return self._params(self._counts(counts))
 
     def with_latency(self, latency: Any) -> CostModel:
-        """Price the `latency` metric with `latency` (a `graphprune.latency.LatencyModel` of the same model and
+        """Price the `latency` metric with `latency` (a `graphprune.network.latency.LatencyModel` of the same model and
         groups); returns self."""
         if tuple(latency.groups.sizes) != self.groups.sizes:
             raise GraphpruneError("the latency model was built for other channel groups than this cost model")
@@ -494,7 +494,7 @@ def measure_latency(
 
 def latency_model(model: nn.Module, groups: ChannelGroups, settings: Mapping[str, Any]):
     """The latency table of `model` for a `search.latency` section (timed once, then read from its cache)."""
-    from graphprune.latency import LatencyModel
+    from graphprune.network.latency import LatencyModel
 
     return LatencyModel(model, groups, settings["batch_size"], settings["device"], grid=settings["grid"],
                         cache_dir=settings["cache_dir"])

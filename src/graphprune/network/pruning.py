@@ -2,7 +2,7 @@
 
 A *channel group* is one pruning decision: channels tied together by residual adds, depthwise convs or
 concatenation (found by Torch-Pruning's DependencyGraph). A `Mask` keeps a sorted set of channel indices per
-group. Two ways to apply it live here, and a third in `graphprune.sliced`; all must agree exactly (tested):
+group. Two ways to apply it live here, and a third in `graphprune.network.sliced`; all must agree exactly (tested):
 - `ChannelMasker`: forward hooks that zero the pruned channels in place (no copy);
 - `prune_model`: a physically smaller, ordinary `nn.Module` (a deep copy pruned with Torch-Pruning);
 - `sliced.SlicedNetwork`: the forward on sliced weight tensors (search scoring at the pruned network's cost).
@@ -33,8 +33,8 @@ from torch import nn
 
 from graphprune.checkpoint import _atomic_write, atomic_torch_save, load_checkpoint
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluation_mode
 from graphprune.models import ModelSpec, build_model
+from graphprune.network.evaluate import evaluation_mode
 
 # Modules whose output channels a hook can zero so that the result equals removing them. Normalisations that
 # mix channels (LayerNorm, GroupNorm) cannot: zeroing a channel changes their statistics, so a group holding
