@@ -20,7 +20,7 @@ import graphprune
 from graphprune.config import config_from_dict, dataset_settings
 from graphprune.data import load_splits
 from graphprune.models import ModelSpec, build_model
-from graphprune.network.cost import measure_latency
+from graphprune.network.latency import measure_latency
 from graphprune.network.pruning import ChannelGroups, Mask, prune_model
 from graphprune.pretrain import pretrain
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 import graphprune
 from graphprune.config import dataset_settings
 from graphprune.data import load_splits
-from graphprune.network.cost import measure_latency
+from graphprune.network.latency import measure_latency
 
 
 def resnet18_for_fashion_mnist() -> nn.Module:

@@ -11,7 +11,7 @@ import graphprune
 from graphprune.config import search_settings
 from graphprune.errors import GraphpruneError
 from graphprune.method_index import available_methods
-from graphprune.network.cost import latency_model
+from graphprune.network.latency import latency_model
 from graphprune.network.pruning import ChannelGroups, ChannelMasker
 
 

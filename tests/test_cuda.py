@@ -6,7 +6,7 @@ import torch
 import graphprune
 from graphprune.config import train_recipe
 from graphprune.models import ModelSpec, build_model
-from graphprune.network.cost import measure_latency
+from graphprune.network.latency import measure_latency
 from graphprune.network.pruning import ChannelGroups, ChannelMasker, Mask, prune_model
 from graphprune.train import train
 

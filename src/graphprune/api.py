@@ -36,9 +36,9 @@ from graphprune.errors import GraphpruneError
 from graphprune.methods import MethodContext, get_method
 from graphprune.methods.base import DEFAULT_EVALUATIONS
 from graphprune.models import ModelSpec
-from graphprune.network.cost import CostModel, latency_model, measure_latency, parse_target
+from graphprune.network.cost import CostModel, parse_target
 from graphprune.network.evaluate import evaluation_mode
-from graphprune.network.latency import torch_threads
+from graphprune.network.latency import latency_model, measure_latency, torch_threads
 from graphprune.network.pruning import (
     ChannelGroups,
     Mask,

@@ -20,8 +20,9 @@ from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment, stable_hash
 from graphprune.data import load_splits, make_loader
 from graphprune.errors import GraphpruneError
-from graphprune.network.cost import CostModel, measure_latency
+from graphprune.network.cost import CostModel
 from graphprune.network.evaluate import evaluate, recalibrate_batch_norm
+from graphprune.network.latency import measure_latency
 from graphprune.network.pruning import ChannelGroups, load_mask, prune_model, save_pruned
 from graphprune.network.search_eval import calibration_images
 from graphprune.paths import training_checkpoint

@@ -20,7 +20,8 @@ from graphprune.config import Config, Experiment, SearchSettings
 from graphprune.data import load_splits
 from graphprune.errors import GraphpruneError
 from graphprune.methods.base import MethodContext, get_method
-from graphprune.network.cost import CostModel, latency_model, parse_target
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.latency import latency_model
 from graphprune.network.pruning import ChannelGroups, save_mask
 from graphprune.network.search_eval import SearchEvaluator, build_search_evaluators
 from graphprune.train import resolve_device
