@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 
 from graphprune.config import load_config
-from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import BudgetedEvaluator, MethodContext
 from graphprune.methods.gat_ppo import policy, repair_scores
 from graphprune.methods.gat_ppo.agent import GatPpoSearch
+from graphprune.methods.settings import AgentSettings, parse_settings
 from graphprune.network.cost import parse_target
 from graphprune.network.graph import topological_group_order
 from graphprune.search import load_setup

@@ -112,9 +112,9 @@ def tiny_agent(tmp_path_factory) -> Path:
     import torch
     from torch import nn
 
-    from graphprune.method_settings import AgentSettings
     from graphprune.methods.base import MethodContext
     from graphprune.methods.gat_ppo.shared import SharedAgentTrainer, TrainingTask
+    from graphprune.methods.settings import AgentSettings
     from graphprune.network.cost import parse_target
 
     torch.manual_seed(0)

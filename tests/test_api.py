@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import graphprune
 from graphprune.config import search_settings
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import available_methods
+from graphprune.methods.index import available_methods
 from graphprune.network.latency import latency_model
 from graphprune.network.pruning import ChannelGroups, ChannelMasker
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import graphprune.atomic
 import graphprune.datasets
-import graphprune.method_index
+import graphprune.methods.index
 import graphprune.model_spec
 import graphprune.recipe
 
@@ -71,7 +71,7 @@ def test_old_homes_re_export_the_torch_free_definitions():
     assert data.dataset_info is graphprune.datasets.dataset_info
     assert data.KNOWN_DATASETS == tuple(data._LOADERS)
     # The config checks names against the torch-free index; the registry must agree with it.
-    assert base.METHOD_MODULES == graphprune.method_index.METHOD_MODULES
+    assert base.METHOD_MODULES == graphprune.methods.index.METHOD_MODULES
 
 
 def test_the_stages_of_a_heuristic_run_on_digits_import_no_torchvision_pyg_or_tianshou():

@@ -13,8 +13,8 @@ from pathlib import Path
 from graphprune.checkpoint import atomic_write_json
 from graphprune.config import Config
 from graphprune.errors import GraphpruneError
-from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import MethodContext
+from graphprune.methods.settings import AgentSettings, parse_settings
 from graphprune.network.cost import parse_target
 from graphprune.paths import AGENT_CHECKPOINT, agent_dir
 from graphprune.search import load_setup

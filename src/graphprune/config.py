@@ -25,8 +25,8 @@ from jsonschema.exceptions import best_match
 from graphprune.atomic import atomic_write_text
 from graphprune.datasets import DatasetInfo, DatasetSettings, dataset_info
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import available_methods
-from graphprune.method_settings import METHOD_SETTINGS, parse_settings
+from graphprune.methods.index import available_methods
+from graphprune.methods.settings import METHOD_SETTINGS, parse_settings
 from graphprune.model_spec import ModelSpec
 from graphprune.network.budget import parse_target
 from graphprune.paths import ResultPaths, agent_path

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from graphprune.commands.common import apply_threads
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import DEFAULT_EVALUATIONS, available_methods
+from graphprune.methods.index import DEFAULT_EVALUATIONS, available_methods
 
 if TYPE_CHECKING:  # torch and the API load when the command runs, not for `graphprune --help`
     from torch import nn

@@ -30,7 +30,6 @@ from torch_geometric.nn import GCNConv, global_mean_pool
 from torch_geometric.utils import to_undirected
 
 from graphprune.errors import GraphpruneError
-from graphprune.method_settings import GnnRlSettings
 from graphprune.methods.base import (
     EvaluationBudgetExhausted,
     MethodContext,
@@ -42,6 +41,7 @@ from graphprune.methods.base import (
 )
 from graphprune.methods.heuristics import filter_l2_scores
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
+from graphprune.methods.settings import GnnRlSettings
 from graphprune.network.cost import Budget, CostModel
 from graphprune.network.graph import trace_layers
 from graphprune.network.pruning import ChannelGroups

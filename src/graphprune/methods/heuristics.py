@@ -17,7 +17,6 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from graphprune.method_settings import RatioSearchSettings
 from graphprune.methods.base import (
     MethodContext,
     MethodResult,
@@ -29,6 +28,7 @@ from graphprune.methods.base import (
     register,
     remove_to_budget,
 )
+from graphprune.methods.settings import RatioSearchSettings
 from graphprune.network.cost import Budget
 from graphprune.network.pruning import ChannelGroups, GroupMember, Mask, build_dependency_graph
 from graphprune.network.root_channels import per_root_channel
