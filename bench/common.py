@@ -44,8 +44,8 @@ def trained_setup(config_path: str, experiment_name: str):
     from graphprune.config import load_config
     from graphprune.data import load_splits
     from graphprune.network.search_eval import build_search_evaluator
-    from graphprune.pretrain import pretrain
-    from graphprune.search import load_setup
+    from graphprune.stages.pretrain import pretrain
+    from graphprune.stages.search import load_setup
 
     config = load_config(config_path)
     experiment = config.experiment(experiment_name)

@@ -22,7 +22,7 @@ from graphprune.data import load_splits
 from graphprune.models import ModelSpec, build_model
 from graphprune.network.latency import measure_latency
 from graphprune.network.pruning import ChannelGroups, Mask, prune_model
-from graphprune.pretrain import pretrain
+from graphprune.stages.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"

@@ -36,7 +36,7 @@ from graphprune.methods.gat_ppo.agent import GatPpoSearch
 from graphprune.methods.settings import AgentSettings, parse_settings
 from graphprune.network.cost import parse_target
 from graphprune.network.graph import topological_group_order
-from graphprune.search import load_setup
+from graphprune.stages.search import load_setup
 
 
 def expected_count_mode(self) -> torch.Tensor:

@@ -17,7 +17,6 @@ from graphprune import cli
 from graphprune.checkpoint import save_model
 from graphprune.config import load_config
 from graphprune.errors import GraphpruneError
-from graphprune.graph_stage import calibration_batch
 from graphprune.models import ModelSpec, build_model
 from graphprune.network.cost import CostModel
 from graphprune.network.graph import (
@@ -32,6 +31,7 @@ from graphprune.network.graph import (
     trace_layers,
 )
 from graphprune.network.pruning import ChannelGroups, build_dependency_graph
+from graphprune.stages.graph import calibration_batch
 
 FAST_MODELS = [
     ModelSpec("resnet20", in_channels=1, input_size=8),

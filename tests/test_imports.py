@@ -81,7 +81,7 @@ def test_the_stages_of_a_heuristic_run_on_digits_import_no_torchvision_pyg_or_ti
     on digits."""
     script = """
 import json, sys
-import graphprune.finetune_stage, graphprune.pretrain, graphprune.search
+import graphprune.stages.finetune, graphprune.stages.pretrain, graphprune.stages.search
 from graphprune.config import load_config
 from graphprune.data import load_splits
 from graphprune.methods import get_method
@@ -102,7 +102,7 @@ def test_the_report_imports_no_torch():
     """The report job reads result files and draws figures: importing torch (~2 s) would be a third of it."""
     script = f"""
 import json, sys
-import graphprune.cli, graphprune.commands.report, graphprune.report
+import graphprune.cli, graphprune.commands.report, graphprune.stages.report
 print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY!r})))
 """
     assert printed_by(script) == []

@@ -17,7 +17,7 @@ from graphprune.methods.base import MethodContext
 from graphprune.methods.settings import AgentSettings, parse_settings
 from graphprune.network.cost import parse_target
 from graphprune.paths import AGENT_CHECKPOINT, agent_dir
-from graphprune.search import load_setup
+from graphprune.stages.search import load_setup
 
 log = logging.getLogger(__name__)
 
