@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 import graphprune
 from graphprune.config import dataset_settings, train_recipe
-from graphprune.data import load_splits, make_loader
+from graphprune.data.splits import load_splits, make_loader
 from graphprune.network.evaluate import evaluate
 from graphprune.network.pruning import prune_model
 from graphprune.train import train

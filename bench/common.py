@@ -42,7 +42,7 @@ def trained_setup(config_path: str, experiment_name: str):
     The test scorer is a SearchEvaluator on the test split with the search's BN recalibration: benchmarks
     report test accuracy of masks before fine-tuning with it (searches never see it)."""
     from graphprune.config import load_config
-    from graphprune.data import load_splits
+    from graphprune.data.splits import load_splits
     from graphprune.network.search_eval import build_search_evaluator
     from graphprune.stages.pretrain import pretrain
     from graphprune.stages.search import load_setup

@@ -18,7 +18,7 @@ from common import machine_summary
 
 import graphprune
 from graphprune.config import config_from_dict, dataset_settings
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
 from graphprune.models import ModelSpec, build_model
 from graphprune.network.latency import measure_latency
 from graphprune.network.pruning import ChannelGroups, Mask, prune_model

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 import graphprune
 from graphprune.config import dataset_settings
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
 from graphprune.network.latency import measure_latency
 
 

@@ -77,7 +77,7 @@ def tiny_config(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def debian_fashion_mnist():
     """Skip without the files of Debian's dataset-fashion-mnist, except under CI, which must not skip silently."""
-    from graphprune.data import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_FILES
+    from graphprune.data.splits import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_FILES
 
     absent = [name for name in FASHION_MNIST_FILES if not (FASHION_MNIST_DEBIAN_DIR / f"{name}.gz").is_file()]
     if absent:

@@ -8,7 +8,7 @@ from torch import nn
 
 import graphprune
 from graphprune.config import dataset_settings, train_recipe
-from graphprune.data import load_splits, make_loader
+from graphprune.data.splits import load_splits, make_loader
 from graphprune.network.evaluate import evaluate
 from graphprune.train import train
 

@@ -14,7 +14,7 @@ from tianshou.algorithm.algorithm_base import _gae, _nstep_return
 from graphprune.checkpoint import load_checkpoint, load_model
 from graphprune.cli import main
 from graphprune.config import load_config
-from graphprune.data import load_splits, make_loader
+from graphprune.data.splits import load_splits, make_loader
 from graphprune.network.evaluate import evaluate
 from graphprune.paths import training_checkpoint
 

@@ -14,7 +14,7 @@ from graphprune.config import (
     validate,
     write_resolved_config,
 )
-from graphprune.data import KNOWN_DATASETS
+from graphprune.data.splits import KNOWN_DATASETS
 from graphprune.errors import GraphpruneError
 from graphprune.methods.settings import METHOD_SETTINGS
 from graphprune.models import ModelSpec

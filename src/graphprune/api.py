@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from graphprune.config import dataset_settings, finetune_recipe, search_settings, stable_hash
-from graphprune.data import dataset_info, hold_out, image_folder, load_splits, search_count
+from graphprune.data.splits import dataset_info, hold_out, image_folder, load_splits, search_count
 from graphprune.errors import GraphpruneError
 from graphprune.methods import MethodContext, get_method
 from graphprune.methods.base import DEFAULT_EVALUATIONS

@@ -23,7 +23,7 @@ from jsonschema.exceptions import best_match
 
 # Only torch-free modules: Snakemake imports this module to read the config (tests/test_imports.py).
 from graphprune.atomic import atomic_write_text
-from graphprune.datasets import DatasetInfo, DatasetSettings, dataset_info
+from graphprune.data.datasets import DatasetInfo, DatasetSettings, dataset_info
 from graphprune.errors import GraphpruneError
 from graphprune.methods.index import available_methods
 from graphprune.methods.settings import METHOD_SETTINGS, parse_settings

@@ -243,7 +243,7 @@ def _model(spec: ModelSpec, stored: dict | None, args: argparse.Namespace) -> nn
 
 def _dataset_info(name: str):
     from graphprune.config import dataset_settings
-    from graphprune.datasets import dataset_info
+    from graphprune.data.datasets import dataset_info
 
     return dataset_info(dataset_settings({"name": name}, source=f"--data {name}"))
 

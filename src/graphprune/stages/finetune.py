@@ -18,7 +18,7 @@ from typing import Any
 
 from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment, stable_hash
-from graphprune.data import load_splits, make_loader
+from graphprune.data.splits import load_splits, make_loader
 from graphprune.errors import GraphpruneError
 from graphprune.network.cost import CostModel
 from graphprune.network.evaluate import evaluate, recalibrate_batch_norm

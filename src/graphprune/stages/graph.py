@@ -14,7 +14,7 @@ import torch
 
 from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
 from graphprune.errors import GraphpruneError
 from graphprune.network.cost import CostModel
 from graphprune.network.graph import NetworkGraph, build_graph

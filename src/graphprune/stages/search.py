@@ -17,7 +17,7 @@ import torch
 
 from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment, SearchSettings
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
 from graphprune.errors import GraphpruneError
 from graphprune.methods.base import MethodContext, get_method
 from graphprune.network.cost import CostModel, parse_target
