@@ -14,7 +14,7 @@ from pathlib import Path
 import graphprune.atomic
 import graphprune.data.datasets
 import graphprune.methods.index
-import graphprune.model_spec
+import graphprune.models.spec
 import graphprune.recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_old_homes_re_export_the_torch_free_definitions():
 
     assert checkpoint.atomic_write_text is graphprune.atomic.atomic_write_text
     assert checkpoint.atomic_write_json is graphprune.atomic.atomic_write_json
-    assert models.ModelSpec is graphprune.model_spec.ModelSpec
+    assert models.ModelSpec is graphprune.models.spec.ModelSpec
     assert train.TrainRecipe is graphprune.recipe.TrainRecipe
     assert data.DatasetSettings is graphprune.data.datasets.DatasetSettings
     assert data.DatasetInfo is graphprune.data.datasets.DatasetInfo

@@ -27,7 +27,7 @@ from graphprune.data.datasets import DatasetInfo, DatasetSettings, dataset_info
 from graphprune.errors import GraphpruneError
 from graphprune.methods.index import available_methods
 from graphprune.methods.settings import METHOD_SETTINGS, parse_settings
-from graphprune.model_spec import ModelSpec
+from graphprune.models.spec import ModelSpec
 from graphprune.network.budget import parse_target
 from graphprune.paths import ResultPaths, agent_path
 from graphprune.recipe import TrainRecipe

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # torch and the API load when the command runs, not for `grap
     from torch import nn
 
     from graphprune import api
-    from graphprune.model_spec import ModelSpec
+    from graphprune.models.spec import ModelSpec
 
 IMAGE_FOLDER_PREFIX = "imagefolder:"  # as graphprune.api.IMAGE_FOLDER_PREFIX
 CHECKPOINT_FORMATS = ("--checkpoint takes a graphprune model.pt or a plain state dict saved with "
