@@ -31,7 +31,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from graphprune.checkpoint import _atomic_write, atomic_torch_save, load_checkpoint
+from graphprune.atomic import atomic_write
+from graphprune.checkpoint import atomic_torch_save, load_checkpoint
 from graphprune.errors import GraphpruneError
 from graphprune.models import ModelSpec, build_model
 from graphprune.network.evaluate import evaluation_mode
@@ -507,7 +508,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) 
     example = (torch.zeros(1, *input_shape, device=_device_of(model)),)
     with evaluation_mode(model):
         exporter, onnx_bytes = _export_to_bytes(model, example)
-    _atomic_write(path, lambda stream: stream.write(onnx_bytes))
+    atomic_write(path, lambda stream: stream.write(onnx_bytes))
     import onnx  # only exporting needs it; importing it would slow down every other user of this module
 
     try:
