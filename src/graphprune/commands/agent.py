@@ -1,4 +1,5 @@
-"""`graphprune train-agent`: train a shared pruning agent of the config (the stage is `graphprune.stages.agent`)."""
+"""`graphprune train-agent`: train a shared pruning agent of the config (the stage is
+`graphprune.stages.agent`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`graphprune graph`: build the graph of an experiment's baseline (the stage is `graphprune.stages.graph`)."""
+"""`graphprune graph`: build the graph of an experiment's baseline (the stage is
+`graphprune.stages.graph`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """`graphprune report`: the results table and figures of every experiment, method and target in a config.
 
 Reads only result files (baseline and finetuned metrics.json, search/record.json, search/log.csv); writes
-results/summary.csv, summary.md and figures/*.png (see `graphprune.stages.report`). Trains and evaluates nothing.
+results/summary.csv, summary.md and figures/*.png (see `graphprune.stages.report`). Trains and evaluates
+nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The pruning methods by name, without importing them: the index of the registry in `graphprune.methods.base`.
+"""The pruning methods by name, without importing them: the index of the registry in
+`graphprune.methods.base`.
 
 Listing or checking method names (the config code, Snakemake, `--help`) must not pay for torch, torch-geometric
 and Tianshou, so this module imports nothing, and the package's `__init__` imports only this module.

@@ -101,8 +101,8 @@ class CostModel:
         return self._params(self._counts(counts))
 
     def with_latency(self, latency: Any) -> CostModel:
-        """Price the `latency` metric with `latency` (a `graphprune.network.latency.LatencyModel` of the same model and
-        groups); returns self."""
+        """Price the `latency` metric with `latency` (a `graphprune.network.latency.LatencyModel` of the same
+        model and groups); returns self."""
         if tuple(latency.groups.sizes) != self.groups.sizes:
             raise GraphpruneError("the latency model was built for other channel groups than this cost model")
         self.latency = latency

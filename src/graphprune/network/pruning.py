@@ -2,7 +2,8 @@
 
 A *channel group* is one pruning decision: channels tied together by residual adds, depthwise convs or
 concatenation (found by Torch-Pruning's DependencyGraph). A `Mask` keeps a sorted set of channel indices per
-group. Two ways to apply it live here, and a third in `graphprune.network.sliced`; all must agree exactly (tested):
+group. Two ways to apply it live here, and a third in `graphprune.network.sliced`; all must agree exactly
+(tested):
 - `ChannelMasker`: forward hooks that zero the pruned channels in place (no copy);
 - `prune_model`: a physically smaller, ordinary `nn.Module` (a deep copy pruned with Torch-Pruning);
 - `sliced.SlicedNetwork`: the forward on sliced weight tensors (search scoring at the pruned network's cost).
