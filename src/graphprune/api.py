@@ -406,9 +406,8 @@ def _calibration_batch_size(data: PruneData, defaults: Mapping[str, Any]) -> int
 
 def _build_graph(model: nn.Module, groups: ChannelGroups, cost: CostModel, train_set: Dataset, seed: int,
                  device: torch.device):
-    from graphprune.network.graph import (
-        build_graph,  # torch-geometric: only for the methods that read the graph
-    )
+    # torch-geometric: only for the methods that read the graph
+    from graphprune.network.graph import build_graph
 
     images, _ = materialize(train_set, min(GRAPH_CALIBRATION_IMAGES, len(train_set)), GRAPH_CALIBRATION_IMAGES,
                             seed, device)
