@@ -3,7 +3,7 @@
 Reads search/record.json (and, for the agent, search/iterations.csv) of every (experiment, method, target,
 seed) in the config, runs nothing. Prints, per experiment and target:
 - every method's search top-1 (best mask, before fine-tuning), mean ± std over seeds;
-- for the agent and its variants, the learning measures (graphprune.report.learning_measures): the final
+- for the agent and its variants, the learning measures (graphprune.stages.report.learning_measures): the final
   greedy policy's search top-1 and its gap to the best mask, the largest collapse of the sampled mean after
   the first quarter, the repaired share of the last quarter's episodes and the multiplier at the end;
 - each agent row against each control (default: l1_ratio_search, amc): the mean difference, the larger of the
@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.stats import ttest_ind
 
 from graphprune.config import load_config
-from graphprune.report import each_run, learning_measures
+from graphprune.stages.report import each_run, learning_measures
 
 CONTROLS = ("l1_ratio_search", "amc")
 MEASURES = ("greedy", "greedy_gap", "collapse_drop", "repaired_last_quarter", "multiplier")

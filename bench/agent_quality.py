@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 from common import machine_summary, trained_setup
 
-from graphprune.cost import parse_target
 from graphprune.methods.base import MethodContext, get_method
+from graphprune.network.cost import parse_target
 
 RANDOM_MASKS = 20
 

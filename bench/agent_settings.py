@@ -23,8 +23,8 @@ import torch
 from common import machine_summary
 
 from graphprune.config import load_config
-from graphprune.report import learning_measures
-from graphprune.search import load_setup, run_search
+from graphprune.stages.report import learning_measures
+from graphprune.stages.search import load_setup, run_search
 
 # name -> settings merged over the experiment's gat_ppo settings (the ablations of docs/AGENT.md)
 ROWS = {

@@ -28,9 +28,9 @@ from torch.utils.data import Dataset
 
 import graphprune
 from graphprune.config import dataset_settings, train_recipe
-from graphprune.data import load_splits, make_loader
-from graphprune.evaluate import evaluate
-from graphprune.pruning import prune_model
+from graphprune.data.splits import load_splits, make_loader
+from graphprune.network.evaluate import evaluate
+from graphprune.network.pruning import prune_model
 from graphprune.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

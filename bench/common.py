@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graphprune.cost import Budget, CostModel
 from graphprune.methods.base import MethodContext, get_method
-from graphprune.pruning import ChannelGroups, Mask
+from graphprune.network.cost import Budget, CostModel
+from graphprune.network.pruning import ChannelGroups, Mask
 
 
 def machine_summary() -> str:
@@ -42,10 +42,10 @@ def trained_setup(config_path: str, experiment_name: str):
     The test scorer is a SearchEvaluator on the test split with the search's BN recalibration: benchmarks
     report test accuracy of masks before fine-tuning with it (searches never see it)."""
     from graphprune.config import load_config
-    from graphprune.data import load_splits
-    from graphprune.pretrain import pretrain
-    from graphprune.search import load_setup
-    from graphprune.search_eval import build_search_evaluator
+    from graphprune.data.splits import load_splits
+    from graphprune.network.search_eval import build_search_evaluator
+    from graphprune.stages.pretrain import pretrain
+    from graphprune.stages.search import load_setup
 
     config = load_config(config_path)
     experiment = config.experiment(experiment_name)

@@ -14,9 +14,9 @@ import torch
 import torch_pruning as tp
 from common import l1_uniform_mask, machine_summary
 
-from graphprune.cost import CostModel, parse_target
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, prune_model
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.pruning import ChannelGroups, prune_model
 
 CASES = [ModelSpec("resnet56", input_size=32), ModelSpec("torchvision:resnet50", num_classes=1000, input_size=224)]
 ANALYTIC_CALLS = 1000

@@ -34,16 +34,16 @@ from common import machine_summary
 from tianshou.data import Batch
 from torch_geometric.utils import k_hop_subgraph
 
-from graphprune.cost import CostModel, parse_target
-from graphprune.graph import build_graph, topological_group_order
-from graphprune.method_settings import ENCODERS
 from graphprune.methods.base import BudgetedEvaluator, MethodContext
 from graphprune.methods.gat_ppo import repair_scores
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
 from graphprune.methods.gat_ppo.env import BUDGET_FEATURES
+from graphprune.methods.settings import ENCODERS
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups
-from graphprune.search_eval import SearchEvaluator
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.graph import build_graph, topological_group_order
+from graphprune.network.pruning import ChannelGroups
+from graphprune.network.search_eval import SearchEvaluator
 
 TARGET = "flops0.5"
 

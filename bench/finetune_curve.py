@@ -22,9 +22,9 @@ import matplotlib
 import pandas as pd
 
 from graphprune.config import load_config
-from graphprune.data import make_loader
-from graphprune.evaluate import evaluate
-from graphprune.finetune_stage import pruned_baseline
+from graphprune.data.splits import make_loader
+from graphprune.network.evaluate import evaluate
+from graphprune.stages.finetune import pruned_baseline
 from graphprune.train import train
 
 matplotlib.use("Agg")

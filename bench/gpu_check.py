@@ -18,11 +18,11 @@ from common import machine_summary
 
 import graphprune
 from graphprune.config import config_from_dict, dataset_settings
-from graphprune.cost import measure_latency
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
 from graphprune.models import ModelSpec, build_model
-from graphprune.pretrain import pretrain
-from graphprune.pruning import ChannelGroups, Mask, prune_model
+from graphprune.network.latency import measure_latency
+from graphprune.network.pruning import ChannelGroups, Mask, prune_model
+from graphprune.stages.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"

@@ -13,10 +13,10 @@ import time
 import torch
 from common import machine_summary
 
-from graphprune.cost import CostModel
-from graphprune.graph import EDGE_TYPES, build_graph
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups
+from graphprune.network.cost import CostModel
+from graphprune.network.graph import EDGE_TYPES, build_graph
+from graphprune.network.pruning import ChannelGroups
 
 CASES = [
     ModelSpec("resnet56", input_size=32),

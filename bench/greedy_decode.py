@@ -30,13 +30,13 @@ import pandas as pd
 import torch
 
 from graphprune.config import load_config
-from graphprune.cost import parse_target
-from graphprune.graph import topological_group_order
-from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import BudgetedEvaluator, MethodContext
 from graphprune.methods.gat_ppo import policy, repair_scores
 from graphprune.methods.gat_ppo.agent import GatPpoSearch
-from graphprune.search import load_setup
+from graphprune.methods.settings import AgentSettings, parse_settings
+from graphprune.network.cost import parse_target
+from graphprune.network.graph import topological_group_order
+from graphprune.stages.search import load_setup
 
 
 def expected_count_mode(self) -> torch.Tensor:

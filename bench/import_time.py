@@ -16,9 +16,9 @@ import time
 
 from common import machine_summary
 
-MODULES = ("torch", "torchvision", "torch_geometric", "tianshou", "sklearn.datasets", "graphprune.pretrain",
-           "graphprune.finetune_stage", "graphprune.search", "graphprune.methods.heuristics", "graphprune.methods.amc",
-           "graphprune.methods.gat_ppo")
+MODULES = ("torch", "torchvision", "torch_geometric", "tianshou", "sklearn.datasets", "graphprune.stages.pretrain",
+           "graphprune.stages.finetune", "graphprune.stages.search", "graphprune.methods.heuristics",
+           "graphprune.methods.amc", "graphprune.methods.gat_ppo")
 # row -> code run in a fresh interpreter
 SNIPPETS = {**{module: f"import {module}" for module in MODULES},
             "torch + first optimizer": "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"}

@@ -12,9 +12,10 @@ import argparse
 import torch
 from common import l1_uniform_mask, machine_summary
 
-from graphprune.cost import CostModel, measure_latency, parse_target
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, prune_model
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.latency import measure_latency
+from graphprune.network.pruning import ChannelGroups, prune_model
 
 # (spec, batch size, warmup runs, timed runs per network): batch 64 at 224 takes seconds per run on 2 cores.
 CASES = [

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from common import machine_summary
 
-from graphprune.cost import CostModel
-from graphprune.evaluate import evaluation_mode
-from graphprune.latency import REMAINDERS, LatencyModel, torch_threads
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, Mask, prune_model
+from graphprune.network.cost import CostModel
+from graphprune.network.evaluate import evaluation_mode
+from graphprune.network.latency import REMAINDERS, LatencyModel, torch_threads
+from graphprune.network.pruning import ChannelGroups, Mask, prune_model
 
 OUT = Path(__file__).resolve().parent / "out"
 # torchvision ResNet-18 at 64x64, not 224: at 224 one batch-64 forward takes several seconds on one thread,

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from common import machine_summary
 
-from graphprune.cost import CostModel, parse_target
 from graphprune.methods.base import remove_to_budget
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, Mask
-from graphprune.search_eval import SearchEvaluator
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.pruning import ChannelGroups, Mask
+from graphprune.network.search_eval import SearchEvaluator
 
 NETWORKS = (("resnet20", 1, 8, 300), ("resnet56", 3, 32, None))  # name, channels, size, search images
 TARGETS = ("flops0.5", "flops0.3")

@@ -27,12 +27,12 @@ from common import machine_summary
 from encoder_cost import TARGET, Network, random_states, setup
 from tianshou.data import Batch
 
-from graphprune.cost import parse_target
-from graphprune.graph import topological_group_order
 from graphprune.methods.base import BudgetedEvaluator
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
 from graphprune.models import ModelSpec
-from graphprune.search_eval import SearchEvaluator
+from graphprune.network.cost import parse_target
+from graphprune.network.graph import topological_group_order
+from graphprune.network.search_eval import SearchEvaluator
 
 MINIBATCH = 64
 

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Subset
 
 import graphprune
 from graphprune.config import dataset_settings
-from graphprune.cost import measure_latency
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
+from graphprune.network.latency import measure_latency
 
 
 def resnet18_for_fashion_mnist() -> nn.Module:

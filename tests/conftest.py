@@ -35,9 +35,9 @@ def traced_model(spec):
     and shared by the test files: tests must leave them as they found them."""
     import torch
 
-    from graphprune.cost import CostModel
     from graphprune.models import build_model
-    from graphprune.pruning import ChannelGroups
+    from graphprune.network.cost import CostModel
+    from graphprune.network.pruning import ChannelGroups
 
     torch.manual_seed(0)
     model = build_model(spec).eval()
@@ -77,7 +77,7 @@ def tiny_config(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def debian_fashion_mnist():
     """Skip without the files of Debian's dataset-fashion-mnist, except under CI, which must not skip silently."""
-    from graphprune.data import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_FILES
+    from graphprune.data.splits import FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_FILES
 
     absent = [name for name in FASHION_MNIST_FILES if not (FASHION_MNIST_DEBIAN_DIR / f"{name}.gz").is_file()]
     if absent:
@@ -92,10 +92,10 @@ def self_labelled_search(model, images, calibration_images: int):
     on `images` (so the unpruned network scores 1.0); for agents on toy networks without a dataset."""
     import torch
 
-    from graphprune.cost import CostModel
-    from graphprune.graph import build_graph
-    from graphprune.pruning import ChannelGroups
-    from graphprune.search_eval import SearchEvaluator
+    from graphprune.network.cost import CostModel
+    from graphprune.network.graph import build_graph
+    from graphprune.network.pruning import ChannelGroups
+    from graphprune.network.search_eval import SearchEvaluator
 
     with torch.no_grad():
         labels = model(images).argmax(1)
@@ -112,10 +112,10 @@ def tiny_agent(tmp_path_factory) -> Path:
     import torch
     from torch import nn
 
-    from graphprune.cost import parse_target
-    from graphprune.method_settings import AgentSettings
     from graphprune.methods.base import MethodContext
     from graphprune.methods.gat_ppo.shared import SharedAgentTrainer, TrainingTask
+    from graphprune.methods.settings import AgentSettings
+    from graphprune.network.cost import parse_target
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),

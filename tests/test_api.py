@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import graphprune
 from graphprune.config import search_settings
-from graphprune.cost import latency_model
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import available_methods
-from graphprune.pruning import ChannelGroups, ChannelMasker
+from graphprune.methods.index import available_methods
+from graphprune.network.latency import latency_model
+from graphprune.network.pruning import ChannelGroups, ChannelMasker
 
 
 class TinyNet(nn.Module):

@@ -8,8 +8,8 @@ from torch import nn
 
 import graphprune
 from graphprune.config import dataset_settings, train_recipe
-from graphprune.data import load_splits, make_loader
-from graphprune.evaluate import evaluate
+from graphprune.data.splits import load_splits, make_loader
+from graphprune.network.evaluate import evaluate
 from graphprune.train import train
 
 

@@ -14,8 +14,8 @@ from tianshou.algorithm.algorithm_base import _gae, _nstep_return
 from graphprune.checkpoint import load_checkpoint, load_model
 from graphprune.cli import main
 from graphprune.config import load_config
-from graphprune.data import load_splits, make_loader
-from graphprune.evaluate import evaluate
+from graphprune.data.splits import load_splits, make_loader
+from graphprune.network.evaluate import evaluate
 from graphprune.paths import training_checkpoint
 
 METRIC_KEYS = {"test_top1", "test_top5", "test_loss", "search_top1", "search_top5", "search_loss", "params",

@@ -14,9 +14,9 @@ from graphprune.config import (
     validate,
     write_resolved_config,
 )
-from graphprune.data import KNOWN_DATASETS
+from graphprune.data.splits import KNOWN_DATASETS
 from graphprune.errors import GraphpruneError
-from graphprune.method_settings import METHOD_SETTINGS
+from graphprune.methods.settings import METHOD_SETTINGS
 from graphprune.models import ModelSpec
 
 
@@ -133,7 +133,7 @@ def test_logs_dir_keeps_the_logs_of_configs_sharing_an_experiment_name_apart(rep
 
 def test_search_hash_follows_the_settings_a_search_runs_with_not_how_they_are_spelled(monkeypatch):
     """Defaults count: spelling one out changes no hash, a changed default changes the hashes it reaches."""
-    from graphprune import method_settings
+    from graphprune.methods import settings as method_settings
 
     def search_hash(settings):
         variants = {"agent": {"method": "gat_ppo", "settings": settings}}

@@ -9,11 +9,12 @@ import torch
 import torch_pruning as tp
 from conftest import traced_model
 
-from graphprune.cost import Budget, CostModel, measure_latency, parse_target
 from graphprune.errors import GraphpruneError
 from graphprune.models import ModelSpec
 from graphprune.models.cifar_resnet import CifarResNet
-from graphprune.pruning import ChannelGroups, Mask, prune_model
+from graphprune.network.cost import Budget, CostModel, parse_target
+from graphprune.network.latency import measure_latency
+from graphprune.network.pruning import ChannelGroups, Mask, prune_model
 
 DIGITS = {"in_channels": 1, "input_size": 8}
 CIFAR = {"in_channels": 3, "input_size": 32}

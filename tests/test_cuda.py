@@ -5,9 +5,9 @@ import torch
 
 import graphprune
 from graphprune.config import train_recipe
-from graphprune.cost import measure_latency
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, ChannelMasker, Mask, prune_model
+from graphprune.network.latency import measure_latency
+from graphprune.network.pruning import ChannelGroups, ChannelMasker, Mask, prune_model
 from graphprune.train import train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torchvision import transforms as T
 
-import graphprune.data
+import graphprune.data.splits
 from graphprune.config import dataset_settings
-from graphprune.data import (
+from graphprune.data.splits import (
     FASHION_MNIST_DEBIAN_DIR,
     FASHION_MNIST_FILES,
     FASHION_MNIST_MEAN,
@@ -187,13 +187,13 @@ def test_fashion_mnist_split_follows_its_settings_only(fashion_root, fashion_spl
 
 def test_prepared_fashion_mnist_needs_no_debian_files(fashion_root, fashion_splits, monkeypatch, tmp_path):
     """A folder brought by `dvc pull` (or prepared before) is read as it is."""
-    monkeypatch.setattr(graphprune.data, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.setattr(graphprune.data.splits, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
     splits = load_splits(dataset_settings({"name": "fashion_mnist", "root": str(fashion_root)}))
     assert len(splits.test) == 10_000
 
 
 def test_missing_fashion_mnist_names_both_ways_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(graphprune.data, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.setattr(graphprune.data.splits, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
     with pytest.raises(GraphpruneError) as error:
         load_splits(dataset_settings({"name": "fashion_mnist", "root": str(tmp_path / "data"), "download": False}))
     message = str(error.value)
@@ -210,7 +210,7 @@ def fake_debian_files(tmp_path, monkeypatch):
     for name in FASHION_MNIST_FILES:
         with gzip.open(folder / f"{name}.gz", "wb") as out:
             out.write(name.encode() * 1000)
-    monkeypatch.setattr(graphprune.data, "FASHION_MNIST_DEBIAN_DIR", folder)
+    monkeypatch.setattr(graphprune.data.splits, "FASHION_MNIST_DEBIAN_DIR", folder)
     return folder
 
 
@@ -257,7 +257,7 @@ def test_cifar_test_split_yields_normalised_tensors(tmp_path, monkeypatch):
 def test_digits_are_read_exactly_as_scikit_learn_loads_them():
     from sklearn.datasets import load_digits
 
-    from graphprune.data import digits_arrays
+    from graphprune.data.splits import digits_arrays
 
     images, labels = digits_arrays()
     digits = load_digits()
@@ -268,9 +268,9 @@ def test_digits_are_read_exactly_as_scikit_learn_loads_them():
 def test_a_missing_digits_file_names_it_and_the_fix(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from graphprune.data import digits_arrays
+    from graphprune.data.splits import digits_arrays
 
     fake_package = SimpleNamespace(origin=str(tmp_path / "sklearn" / "__init__.py"))
-    monkeypatch.setattr(graphprune.data.importlib.util, "find_spec", lambda name: fake_package)
+    monkeypatch.setattr(graphprune.data.splits.importlib.util, "find_spec", lambda name: fake_package)
     with pytest.raises(GraphpruneError, match="digits.csv.gz is missing.*force-reinstall scikit-learn"):
         digits_arrays()

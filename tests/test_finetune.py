@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from graphprune.cli import main
-from graphprune.evaluate import recalibrate_batch_norm
+from graphprune.network.evaluate import recalibrate_batch_norm
 
 
 def test_recalibration_sets_batch_statistics_and_restores_training_state():

@@ -11,7 +11,6 @@ from gymnasium.utils.env_checker import check_env
 from tianshou.data import Batch
 from torch import nn
 
-from graphprune.cost import parse_target
 from graphprune.methods.base import BudgetedEvaluator, MethodContext, get_method
 from graphprune.methods.gat_ppo import repair_scores
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
@@ -22,7 +21,8 @@ from graphprune.methods.gat_ppo.reward import (
     RewardSettings,
     SelfCompetitionReward,
 )
-from graphprune.pruning import Mask
+from graphprune.network.cost import parse_target
+from graphprune.network.pruning import Mask
 
 INPUT_SHAPE = (1, 8, 8)
 USELESS = slice(0, 6)  # planted dead channels in every conv layer of the toy network

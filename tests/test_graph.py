@@ -16,9 +16,10 @@ from torch import nn
 from graphprune import cli
 from graphprune.checkpoint import save_model
 from graphprune.config import load_config
-from graphprune.cost import CostModel
 from graphprune.errors import GraphpruneError
-from graphprune.graph import (
+from graphprune.models import ModelSpec, build_model
+from graphprune.network.cost import CostModel
+from graphprune.network.graph import (
     CHANNEL_FEATURES,
     DYNAMIC_FEATURES,
     EDGE_ATTR_NAMES,
@@ -29,9 +30,8 @@ from graphprune.graph import (
     build_graph,
     trace_layers,
 )
-from graphprune.graph_stage import calibration_batch
-from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, build_dependency_graph
+from graphprune.network.pruning import ChannelGroups, build_dependency_graph
+from graphprune.stages.graph import calibration_batch
 
 FAST_MODELS = [
     ModelSpec("resnet20", in_channels=1, input_size=8),

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from graphprune.cost import CostModel, parse_target
 from graphprune.errors import GraphpruneError
 from graphprune.methods import MethodContext, available_methods, get_method
 from graphprune.methods.base import (
@@ -22,7 +21,8 @@ from graphprune.methods.base import (
 )
 from graphprune.methods.heuristics import bn_gamma_scores, depgraph_scores, filter_l1_scores
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, Mask
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.pruning import ChannelGroups, Mask
 
 RATIO_SEARCHES = ["random_search", "l1_ratio_search", "depgraph_ratio_search"]
 HEURISTICS = ["random", "l1_uniform", "global_bn", "depgraph", *RATIO_SEARCHES]

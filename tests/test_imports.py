@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import graphprune.atomic
-import graphprune.datasets
-import graphprune.method_index
-import graphprune.model_spec
+import graphprune.data.datasets
+import graphprune.methods.index
+import graphprune.models.spec
 import graphprune.recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,19 +59,20 @@ print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {H
 
 
 def test_old_homes_re_export_the_torch_free_definitions():
-    from graphprune import checkpoint, data, models, train
+    from graphprune import checkpoint, models, train
+    from graphprune.data import splits as data
     from graphprune.methods import base
 
     assert checkpoint.atomic_write_text is graphprune.atomic.atomic_write_text
     assert checkpoint.atomic_write_json is graphprune.atomic.atomic_write_json
-    assert models.ModelSpec is graphprune.model_spec.ModelSpec
+    assert models.ModelSpec is graphprune.models.spec.ModelSpec
     assert train.TrainRecipe is graphprune.recipe.TrainRecipe
-    assert data.DatasetSettings is graphprune.datasets.DatasetSettings
-    assert data.DatasetInfo is graphprune.datasets.DatasetInfo
-    assert data.dataset_info is graphprune.datasets.dataset_info
+    assert data.DatasetSettings is graphprune.data.datasets.DatasetSettings
+    assert data.DatasetInfo is graphprune.data.datasets.DatasetInfo
+    assert data.dataset_info is graphprune.data.datasets.dataset_info
     assert data.KNOWN_DATASETS == tuple(data._LOADERS)
     # The config checks names against the torch-free index; the registry must agree with it.
-    assert base.METHOD_MODULES == graphprune.method_index.METHOD_MODULES
+    assert base.METHOD_MODULES == graphprune.methods.index.METHOD_MODULES
 
 
 def test_the_stages_of_a_heuristic_run_on_digits_import_no_torchvision_pyg_or_tianshou():
@@ -81,9 +82,9 @@ def test_the_stages_of_a_heuristic_run_on_digits_import_no_torchvision_pyg_or_ti
     on digits."""
     script = """
 import json, sys
-import graphprune.finetune_stage, graphprune.pretrain, graphprune.search
+import graphprune.stages.finetune, graphprune.stages.pretrain, graphprune.stages.search
 from graphprune.config import load_config
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
 from graphprune.methods import get_method
 from graphprune.models import ModelSpec, build_model
 experiment = load_config("config.yaml").experiment("digits-resnet20")
@@ -102,7 +103,7 @@ def test_the_report_imports_no_torch():
     """The report job reads result files and draws figures: importing torch (~2 s) would be a third of it."""
     script = f"""
 import json, sys
-import graphprune.cli, graphprune.commands.report, graphprune.report
+import graphprune.cli, graphprune.commands.report, graphprune.stages.report
 print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY!r})))
 """
     assert printed_by(script) == []

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from graphprune import latency
 from graphprune.errors import GraphpruneError
-from graphprune.latency import LatencyModel, axis_knots
 from graphprune.models.cifar_resnet import CifarResNet
 from graphprune.models.mobilenetv2 import CifarMobileNetV2
-from graphprune.pruning import ChannelGroups, Mask, prune_model
+from graphprune.network import latency
+from graphprune.network.latency import LatencyModel, axis_knots
+from graphprune.network.pruning import ChannelGroups, Mask, prune_model
 
 OVERHEAD_S = 5e-6  # the fake network's time outside conv/linear layers
 

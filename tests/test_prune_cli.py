@@ -9,7 +9,7 @@ import torch
 from graphprune.checkpoint import save_model
 from graphprune.cli import main
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, load_mask, load_pruned
+from graphprune.network.pruning import ChannelGroups, load_mask, load_pruned
 
 DIGITS_FLAGS = ["--model", "resnet20", "--dataset-shape", "1,8,8", "--num-classes", "4"]
 FAST_LATENCY = ["--latency-batch-sizes", "1,16", "--latency-repeats", "3"]
@@ -101,7 +101,7 @@ def test_a_plain_state_dict_is_your_own_weights(tmp_path, capsys):
                      "--out", str(out)) == 0
     loaded = load_pruned(out / "model.pt")
     groups = ChannelGroups(net, spec.input_shape)
-    from graphprune.pruning import prune_model
+    from graphprune.network.pruning import prune_model
     expected = prune_model(net.eval(), groups, loaded.mask).state_dict()
     assert all(torch.equal(expected[k], v) for k, v in loaded.model.state_dict().items())  # its weights, pruned
 

@@ -10,7 +10,7 @@ from torch import nn
 from graphprune.checkpoint import atomic_torch_save, save_model
 from graphprune.errors import GraphpruneError
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import (
+from graphprune.network.pruning import (
     ChannelGroups,
     ChannelMasker,
     Mask,

@@ -10,7 +10,7 @@ import torch
 import graphprune
 from graphprune.methods.heuristics import filter_l1_scores
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups
+from graphprune.network.pruning import ChannelGroups
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import redundancy_probe  # noqa: E402

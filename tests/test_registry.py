@@ -5,8 +5,8 @@ import importlib
 import pytest
 
 from graphprune.errors import GraphpruneError
-from graphprune.method_settings import METHOD_SETTINGS
 from graphprune.methods import base
+from graphprune.methods.settings import METHOD_SETTINGS
 
 
 @pytest.mark.parametrize("name", sorted(base.METHOD_MODULES))
@@ -40,7 +40,7 @@ def test_config_naming_an_unknown_method_is_a_clear_error():
 
 
 def test_search_priority_names_real_methods_and_puts_the_long_searches_first():
-    from graphprune.method_index import SEARCH_PRIORITY, search_priority
+    from graphprune.methods.index import SEARCH_PRIORITY, search_priority
 
     assert set(SEARCH_PRIORITY) <= set(base.METHOD_MODULES)
     assert search_priority("amc") > search_priority("gnnrl") > search_priority("l1_ratio_search") > 0

@@ -10,7 +10,7 @@ import pytest
 from graphprune.config import config_from_dict
 from graphprune.errors import GraphpruneError
 from graphprune.paths import REPORT_FIGURES, figure
-from graphprune.report import (
+from graphprune.stages.report import (
     KEYS,
     VALUES,
     best_method_tests,

@@ -10,9 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphprune.cost import CostModel, parse_target
 from graphprune.errors import GraphpruneError
-from graphprune.graph import topological_group_order, trace_layers
 from graphprune.methods import MethodContext, available_methods, get_method
 from graphprune.methods.amc import (
     STATE_FEATURES,
@@ -33,7 +31,9 @@ from graphprune.methods.gnnrl import (
 from graphprune.methods.heuristics import filter_l1_scores, filter_l2_scores
 from graphprune.methods.rl_common import ScoredMasks, seeded_global_rngs
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, Mask
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.graph import topological_group_order, trace_layers
+from graphprune.network.pruning import ChannelGroups, Mask
 
 SPEC = ModelSpec("resnet20", in_channels=1, input_size=8)
 TARGETS = ["flops0.5", "flops0.3"]

@@ -7,8 +7,8 @@ from torch.utils.data import TensorDataset
 
 from graphprune.errors import GraphpruneError
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups
-from graphprune.search_eval import build_search_evaluators
+from graphprune.network.pruning import ChannelGroups
+from graphprune.network.search_eval import build_search_evaluators
 
 
 def numbered(count: int, offset: int = 0) -> TensorDataset:

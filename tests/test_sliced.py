@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from graphprune.evaluate import evaluation_mode, recalibrate_batch_norm
 from graphprune.models import ModelSpec, build_model
-from graphprune.pruning import ChannelGroups, Mask, prune_model
-from graphprune.search_eval import SearchEvaluator
-from graphprune.sliced import SlicedNetwork
+from graphprune.network.evaluate import evaluation_mode, recalibrate_batch_norm
+from graphprune.network.pruning import ChannelGroups, Mask, prune_model
+from graphprune.network.search_eval import SearchEvaluator
+from graphprune.network.sliced import SlicedNetwork
 
 TOLERANCE = 1e-4
 
@@ -123,7 +123,7 @@ def test_a_forward_slicing_breaks_falls_back_to_masking(caplog):
     assert SlicedNetwork.supports(model, groups)
     assert not SlicedNetwork(model, groups).agrees_with_masking()
     images = torch.randn(6, 1, 8, 8)
-    with caplog.at_level(logging.WARNING, logger="graphprune.search_eval"):
+    with caplog.at_level(logging.WARNING, logger="graphprune.network.search_eval"):
         evaluator = SearchEvaluator(model, groups, images, torch.zeros(6, dtype=torch.long), [images])
     assert evaluator._sliced is None and "masking" in caplog.text
     assert 0.0 <= evaluator(random_mask(groups, 1)) <= 1.0

@@ -12,12 +12,12 @@ from tianshou.data import Batch
 from torch_geometric.data import Batch as GraphBatch
 from torch_geometric.data import Data
 
-from graphprune.cost import parse_target
-from graphprune.method_settings import ENCODERS, PolicySettings
 from graphprune.methods.base import MethodContext, get_method
 from graphprune.methods.gat_ppo import policy
 from graphprune.methods.gat_ppo.agent import AgentSettings
 from graphprune.methods.gat_ppo.policy import GraphCritic, GraphEncoder
+from graphprune.methods.settings import ENCODERS, PolicySettings
+from graphprune.network.cost import parse_target
 
 STATE_ENCODERS = ["gat_state", "mean_state"]
 

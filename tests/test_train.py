@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from graphprune.config import load_config, train_recipe
-from graphprune.data import load_splits, make_loader
+from graphprune.data.splits import load_splits, make_loader
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluate
 from graphprune.models import build_model
+from graphprune.network.evaluate import evaluate
 from graphprune.paths import training_checkpoint, training_history
 from graphprune.train import HISTORY_COLUMNS, resolve_device, seed_everything, train
 

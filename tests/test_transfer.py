@@ -8,12 +8,12 @@ import torch
 from conftest import self_labelled_search
 from torch import nn
 
-from graphprune.cost import parse_target
 from graphprune.errors import GraphpruneError
-from graphprune.method_settings import AgentSettings
 from graphprune.methods.base import BudgetedEvaluator, MethodContext, get_method
 from graphprune.methods.gat_ppo import build_search
 from graphprune.methods.gat_ppo.shared import AGENT_FORMAT, SharedAgentTrainer, TrainingTask, load_agent
+from graphprune.methods.settings import AgentSettings
+from graphprune.network.cost import parse_target
 
 INPUT_SHAPE = (1, 8, 8)
 

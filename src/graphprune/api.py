@@ -31,15 +31,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from graphprune.config import dataset_settings, finetune_recipe, search_settings, stable_hash
-from graphprune.cost import CostModel, latency_model, measure_latency, parse_target
-from graphprune.data import dataset_info, hold_out, image_folder, load_splits, search_count
+from graphprune.data.splits import dataset_info, hold_out, image_folder, load_splits, search_count
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluation_mode
-from graphprune.latency import torch_threads
 from graphprune.methods import MethodContext, get_method
 from graphprune.methods.base import DEFAULT_EVALUATIONS
 from graphprune.models import ModelSpec
-from graphprune.pruning import (
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.evaluate import evaluation_mode
+from graphprune.network.latency import latency_model, measure_latency, torch_threads
+from graphprune.network.pruning import (
     ChannelGroups,
     Mask,
     PrunedModel,
@@ -48,7 +48,7 @@ from graphprune.pruning import (
     prune_model,
     save_pruned,
 )
-from graphprune.search_eval import build_search_evaluator, materialize
+from graphprune.network.search_eval import build_search_evaluator, materialize
 from graphprune.train import TrainRecipe, resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -406,7 +406,8 @@ def _calibration_batch_size(data: PruneData, defaults: Mapping[str, Any]) -> int
 
 def _build_graph(model: nn.Module, groups: ChannelGroups, cost: CostModel, train_set: Dataset, seed: int,
                  device: torch.device):
-    from graphprune.graph import build_graph  # torch-geometric: only for the methods that read the graph
+    # torch-geometric: only for the methods that read the graph
+    from graphprune.network.graph import build_graph
 
     images, _ = materialize(train_set, min(GRAPH_CALIBRATION_IMAGES, len(train_set)), GRAPH_CALIBRATION_IMAGES,
                             seed, device)

@@ -23,12 +23,12 @@ from jsonschema.exceptions import best_match
 
 # Only torch-free modules: Snakemake imports this module to read the config (tests/test_imports.py).
 from graphprune.atomic import atomic_write_text
-from graphprune.budget import parse_target
-from graphprune.datasets import DatasetInfo, DatasetSettings, dataset_info
+from graphprune.data.datasets import DatasetInfo, DatasetSettings, dataset_info
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import available_methods
-from graphprune.method_settings import METHOD_SETTINGS, parse_settings
-from graphprune.model_spec import ModelSpec
+from graphprune.methods.index import available_methods
+from graphprune.methods.settings import METHOD_SETTINGS, parse_settings
+from graphprune.models.spec import ModelSpec
+from graphprune.network.budget import parse_target
 from graphprune.paths import ResultPaths, agent_path
 from graphprune.recipe import TrainRecipe
 

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from graphprune.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
-from graphprune.data import make_loader
+from graphprune.data.splits import make_loader
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluate
+from graphprune.network.evaluate import evaluate
 from graphprune.paths import training_checkpoint, training_history
 from graphprune.recipe import TrainRecipe as TrainRecipe  # defined without torch, for the config code
 

@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 from graphprune.config import CONFIG_FILE_VARIABLE, config_from_dict, write_resolved_config
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import search_priority
+from graphprune.methods.index import search_priority
 from graphprune.paths import ResultPaths, agent_log, agent_path
 
 

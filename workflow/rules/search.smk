@@ -17,7 +17,7 @@ rule search:
         RESULTS.log("search", "{method}", "{target}", "{seed}"),
     benchmark:
         RESULTS.benchmark("search", "{method}", "{target}", "{seed}")
-    # Long searches first (graphprune.method_index.SEARCH_PRIORITY), so two cores stay busy to the end.
+    # Long searches first (graphprune.methods.index.SEARCH_PRIORITY), so two cores stay busy to the end.
     priority: lambda w: search_priority(GRAPHPRUNE_CONFIG.experiment(w.experiment).base_method(w.method))
     threads: 1
     resources:

@@ -1,4 +1,5 @@
-"""`graphprune train-agent`: train a shared pruning agent of the config (the stage is `graphprune.agent_stage`)."""
+"""`graphprune train-agent`: train a shared pruning agent of the config (the stage is
+`graphprune.stages.agent`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from graphprune.agent_stage import train_agent  # Tianshou, torch-geometric: only when training
+    from graphprune.stages.agent import train_agent  # Tianshou, torch-geometric: only when training
 
     apply_threads(args)
     config = load_config(args.config)

@@ -1,8 +1,8 @@
 """`graphprune finetune`: fine-tune the network one method pruned for one budget, and measure it on the test split.
 
 Reads results/<exp>/baseline/model.pt, <method>/<target>/mask.pt and search/record.json; writes
-<method>/<target>/finetuned/{model.pt, history.csv, metrics.json} (see `graphprune.finetune_stage`). An interrupted
-run resumes from finetuned/last.pt.
+<method>/<target>/finetuned/{model.pt, history.csv, metrics.json} (see `graphprune.stages.finetune`). An
+interrupted run resumes from finetuned/last.pt.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from graphprune.finetune_stage import finetune  # torch and Torch-Pruning: only when fine-tuning
+    from graphprune.stages.finetune import finetune  # torch and Torch-Pruning: only when fine-tuning
 
     config, experiment = load_experiment(args)
     seed = run_seed(args, experiment)

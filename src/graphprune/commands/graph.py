@@ -1,4 +1,5 @@
-"""`graphprune graph`: build the graph of an experiment's baseline (the stage is `graphprune.graph_stage`)."""
+"""`graphprune graph`: build the graph of an experiment's baseline (the stage is
+`graphprune.stages.graph`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from graphprune.commands.common import add_experiment_arguments, load_experiment
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("graph", help="build the network graph of an experiment's baseline")
     add_experiment_arguments(parser)
-    # No defaults here: the stage's apply (graph_stage.DEFAULT_*), and `--help` need not import torch-geometric.
+    # No defaults here: the stage's apply (stages.graph.DEFAULT_*), and `--help` need not import torch-geometric.
     parser.add_argument("--top-k", type=int, help="strongest input-channel edges kept per channel (default: 8)")
     parser.add_argument("--calibration-size", type=int,
                         help="training images for the activation statistics (default: 64)")
@@ -18,7 +19,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from graphprune.graph_stage import extract_graph  # torch-geometric: only when the command runs
+    from graphprune.stages.graph import extract_graph  # torch-geometric: only when the command runs
 
     config, experiment = load_experiment(args)
     given = {"top_k": args.top_k, "calibration_size": args.calibration_size}

@@ -1,4 +1,4 @@
-"""`graphprune pretrain`: train an experiment's baseline (the stage is `graphprune.pretrain`)."""
+"""`graphprune pretrain`: train an experiment's baseline (the stage is `graphprune.stages.pretrain`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from graphprune.pretrain import pretrain  # torch: only when the command runs
+    from graphprune.stages.pretrain import pretrain  # torch: only when the command runs
 
     config, experiment = load_experiment(args)
     metrics = pretrain(config, experiment, device=args.device, force=args.force)

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 from graphprune.commands.common import apply_threads
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import DEFAULT_EVALUATIONS, available_methods
+from graphprune.methods.index import DEFAULT_EVALUATIONS, available_methods
 
 if TYPE_CHECKING:  # torch and the API load when the command runs, not for `graphprune --help`
     from torch import nn
 
     from graphprune import api
-    from graphprune.model_spec import ModelSpec
+    from graphprune.models.spec import ModelSpec
 
 IMAGE_FOLDER_PREFIX = "imagefolder:"  # as graphprune.api.IMAGE_FOLDER_PREFIX
 CHECKPOINT_FORMATS = ("--checkpoint takes a graphprune model.pt or a plain state dict saved with "
@@ -105,8 +105,8 @@ def _remove_empty_folders(root: Path, keep_root: bool) -> None:
 
 def _prune(args: argparse.Namespace) -> int:
     from graphprune import api
-    from graphprune.cost import parse_target
     from graphprune.methods import get_method
+    from graphprune.network.cost import parse_target
 
     apply_threads(args)
     # Everything a user can get wrong is checked before any loading, tracing or writing.
@@ -155,7 +155,7 @@ def write_outputs(result: api.PruneResult, out: Path, *, checkpoint: Path | None
     """model.pt, mask.pt, optional model.onnx, then metrics.json (last: its presence means the rest is there)."""
     from graphprune import api
     from graphprune.checkpoint import atomic_write_json
-    from graphprune.pruning import export_onnx, save_mask
+    from graphprune.network.pruning import export_onnx, save_mask
 
     out.mkdir(parents=True, exist_ok=True)
     api.save(result, out / "model.pt")
@@ -243,7 +243,7 @@ def _model(spec: ModelSpec, stored: dict | None, args: argparse.Namespace) -> nn
 
 def _dataset_info(name: str):
     from graphprune.config import dataset_settings
-    from graphprune.datasets import dataset_info
+    from graphprune.data.datasets import dataset_info
 
     return dataset_info(dataset_settings({"name": name}, source=f"--data {name}"))
 

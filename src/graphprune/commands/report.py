@@ -1,7 +1,8 @@
 """`graphprune report`: the results table and figures of every experiment, method and target in a config.
 
 Reads only result files (baseline and finetuned metrics.json, search/record.json, search/log.csv); writes
-results/summary.csv, summary.md and figures/*.png (see `graphprune.report`). Trains and evaluates nothing.
+results/summary.csv, summary.md and figures/*.png (see `graphprune.stages.report`). Trains and evaluates
+nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from graphprune.report import write_report  # pandas and seaborn: only when reporting
+    from graphprune.stages.report import write_report  # pandas and seaborn: only when reporting
 
     config = load_config(args.config)
     written = write_report(config)

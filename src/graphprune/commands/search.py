@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from graphprune.search import load_setup, run_search  # heavy (Tianshou, PyG): only when searching
+    from graphprune.stages.search import load_setup, run_search  # heavy (Tianshou, PyG): only when searching
 
     config, experiment = load_experiment(args)
     seed = run_seed(args, experiment)

@@ -2,16 +2,20 @@
 
 Find a method by name with `get_method("l1_uniform")`; `available_methods()` lists them. The interface, the
 registry and the shared budget arithmetic are in `base`; the heuristics in `heuristics`; the RL methods in
-their own modules, indexed by name in `base.METHOD_MODULES`.
+their own modules, indexed by name in `index.METHOD_MODULES`. `index` (the names) and `settings` (every
+method's settings) are torch-free: the config code and Snakemake read them without importing torch, so this
+`__init__` imports only `index` and loads `base` (torch) on first use of the names below.
 """
 
-from graphprune.methods.base import (
-    MethodContext,
-    MethodResult,
-    PruningMethod,
-    available_methods,
-    get_method,
-    register,
-)
+from graphprune.methods.index import available_methods
 
+_BASE = ("MethodContext", "MethodResult", "PruningMethod", "get_method", "register")
 __all__ = ["MethodContext", "MethodResult", "PruningMethod", "available_methods", "get_method", "register"]
+
+
+def __getattr__(name: str):
+    if name in _BASE:
+        from graphprune.methods import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'graphprune.methods' has no attribute {name!r}")

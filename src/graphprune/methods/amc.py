@@ -26,13 +26,13 @@ from tianshou.data import Batch, ReplayBuffer
 from tianshou.utils.torch_utils import policy_within_training_step
 from torch import Tensor, nn
 
-from graphprune.cost import Budget, CostModel
-from graphprune.graph import topological_group_order, trace_layers
-from graphprune.method_settings import AmcSettings
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, counts_for_ratios, register
 from graphprune.methods.heuristics import filter_l1_scores
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
-from graphprune.pruning import ChannelGroups
+from graphprune.methods.settings import AmcSettings
+from graphprune.network.cost import Budget, CostModel
+from graphprune.network.graph import topological_group_order, trace_layers
+from graphprune.network.pruning import ChannelGroups
 
 # AMC's layer embedding, one row per group. The first seven are static and min-max normalised over the
 # groups; `cost` is the group's share of the budget's metric (FLOPs for a flops target). The last three are

@@ -24,11 +24,11 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
-from graphprune.method_index import DEFAULT_EVALUATIONS, METHOD_MODULES, available_methods  # noqa: F401 (re-exported)
-from graphprune.method_settings import NoSettings, parse_settings
-from graphprune.pruning import ChannelGroups, Mask
+from graphprune.methods.index import DEFAULT_EVALUATIONS, METHOD_MODULES, available_methods  # noqa: F401 (re-exported)
+from graphprune.methods.settings import NoSettings, parse_settings
+from graphprune.network.cost import Budget, CostModel
+from graphprune.network.pruning import ChannelGroups, Mask
 
 # Bisection steps on a continuous scale of keep ratios; 2**-50 is far below one channel of any real network.
 _BISECTION_STEPS = 50
@@ -239,7 +239,7 @@ def register(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
 
     def add(cls: type[PruningMethod]) -> type[PruningMethod]:
         if name not in METHOD_MODULES:
-            raise ValueError(f"add {name!r} to METHOD_MODULES in graphprune.method_index so it can be found")
+            raise ValueError(f"add {name!r} to METHOD_MODULES in graphprune.methods.index so it can be found")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"two pruning methods are registered as {name!r}")
         cls.name = name

@@ -29,10 +29,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, global_mean_pool
 from torch_geometric.utils import to_undirected
 
-from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
-from graphprune.graph import trace_layers
-from graphprune.method_settings import GnnRlSettings
 from graphprune.methods.base import (
     EvaluationBudgetExhausted,
     MethodContext,
@@ -44,7 +41,10 @@ from graphprune.methods.base import (
 )
 from graphprune.methods.heuristics import filter_l2_scores
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
-from graphprune.pruning import ChannelGroups
+from graphprune.methods.settings import GnnRlSettings
+from graphprune.network.cost import Budget, CostModel
+from graphprune.network.graph import trace_layers
+from graphprune.network.pruning import ChannelGroups
 
 # Dynamic columns appended to each layer node's structure features: the kept fraction of the channels it
 # writes (its group's), of the channels it reads (mean over its inputs' groups), and the episode progress.

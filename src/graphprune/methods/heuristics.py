@@ -17,8 +17,6 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from graphprune.cost import Budget
-from graphprune.method_settings import RatioSearchSettings
 from graphprune.methods.base import (
     MethodContext,
     MethodResult,
@@ -30,8 +28,10 @@ from graphprune.methods.base import (
     register,
     remove_to_budget,
 )
-from graphprune.pruning import ChannelGroups, GroupMember, Mask, build_dependency_graph
-from graphprune.root_channels import per_root_channel
+from graphprune.methods.settings import RatioSearchSettings
+from graphprune.network.cost import Budget
+from graphprune.network.pruning import ChannelGroups, GroupMember, Mask, build_dependency_graph
+from graphprune.network.root_channels import per_root_channel
 
 _FILTER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # layers whose weight rows are output-channel filters
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from graphprune.cost import Budget, CostModel
 from graphprune.methods.base import keep_top
-from graphprune.pruning import Mask
+from graphprune.network.cost import Budget, CostModel
+from graphprune.network.pruning import Mask
 
 # A converged policy repeats masks, which cost no evaluation: this bounds a search that stops finding new ones.
 MAX_EPISODES_PER_EVALUATION = 4

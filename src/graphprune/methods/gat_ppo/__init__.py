@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphprune.cost import Budget
 from graphprune.errors import GraphpruneError
-from graphprune.graph import topological_group_order
-from graphprune.method_settings import AgentSettings
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
 from graphprune.methods.gat_ppo.agent import GatPpoSearch, SearchResult
 from graphprune.methods.heuristics import filter_l1_scores
 from graphprune.methods.rl_common import preserved_global_rngs
+from graphprune.methods.settings import AgentSettings
+from graphprune.network.cost import Budget
+from graphprune.network.graph import topological_group_order
 
 
 @register("gat_ppo")

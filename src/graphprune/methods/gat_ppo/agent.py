@@ -29,10 +29,7 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from tqdm import tqdm
 
 from graphprune.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
-from graphprune.cost import Budget, CostModel
 from graphprune.errors import GraphpruneError
-from graphprune.graph import NetworkGraph
-from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import BudgetedEvaluator
 from graphprune.methods.gat_ppo.env import EpisodeLayout, PruningEnv
 from graphprune.methods.gat_ppo.policy import (
@@ -46,8 +43,11 @@ from graphprune.methods.gat_ppo.policy import (
 )
 from graphprune.methods.gat_ppo.reward import BudgetMargin, LagrangeMultiplier, SelfCompetitionReward
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION
+from graphprune.methods.settings import AgentSettings, parse_settings
+from graphprune.network.cost import Budget, CostModel
+from graphprune.network.graph import NetworkGraph
+from graphprune.network.pruning import Mask
 from graphprune.paths import AGENT_CHECKPOINT, SEARCH_ITERATIONS, SEARCH_LOG
-from graphprune.pruning import Mask
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from graphprune.cost import Budget, CostModel
 from graphprune.methods.base import remove_to_budget
-from graphprune.pruning import Mask
+from graphprune.network.cost import Budget, CostModel
+from graphprune.network.pruning import Mask
 
 BUDGET_FEATURES = ("budget", "cost_ratio", "min_cost_ratio", "to_remove", "progress", "kept_fraction")
 MIN_AIM = 1e-6  # keep_to_budget aims at the budget less the margin, never at or below 0

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import add_self_loops, remove_self_loops
 
-from graphprune.graph import NetworkGraph
-from graphprune.method_settings import PolicySettings
 from graphprune.methods.gat_ppo.env import BUDGET_FEATURES, EpisodeLayout
+from graphprune.methods.settings import PolicySettings
+from graphprune.network.graph import NetworkGraph
 
 BUDGET_PRIOR_CLIP = 0.02  # the budget prior's keep fraction stays in [0.02, 0.98]: logits within +-3.9
 PADDED_LOGIT = -1e4  # not -inf: log-prob and entropy of padded slots must stay finite (docs/AGENT.md)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphprune.method_settings import RewardSettings
+from graphprune.methods.settings import RewardSettings
 
 
 class SelfCompetitionReward:

@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from graphprune.atomic import atomic_write_text
 from graphprune.checkpoint import atomic_torch_save, load_checkpoint
-from graphprune.cost import Budget
 from graphprune.errors import GraphpruneError
-from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import BudgetedEvaluator, MethodContext
 from graphprune.methods.gat_ppo import build_search
 from graphprune.methods.gat_ppo.agent import GatPpoSearch
+from graphprune.methods.settings import AgentSettings, parse_settings
+from graphprune.network.cost import Budget
 from graphprune.paths import AGENT_CHECKPOINT
 
 log = logging.getLogger(__name__)

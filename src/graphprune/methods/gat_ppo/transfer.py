@@ -8,11 +8,11 @@ are counted by the context's BudgetedEvaluator.
 
 from __future__ import annotations
 
-from graphprune.cost import Budget
-from graphprune.method_settings import TransferSettings
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
 from graphprune.methods.gat_ppo import build_search, search_result
 from graphprune.methods.gat_ppo.shared import load_agent
+from graphprune.methods.settings import TransferSettings
+from graphprune.network.cost import Budget
 
 
 @register("gat_ppo_transfer")

@@ -1,7 +1,8 @@
-"""The pruning methods by name, without importing them: the index of the registry in `graphprune.methods`.
+"""The pruning methods by name, without importing them: the index of the registry in
+`graphprune.methods.base`.
 
 Listing or checking method names (the config code, Snakemake, `--help`) must not pay for torch, torch-geometric
-and Tianshou, so the index lives outside the `graphprune.methods` package, whose `__init__` imports torch.
+and Tianshou, so this module imports nothing, and the package's `__init__` imports only this module.
 """
 
 from __future__ import annotations

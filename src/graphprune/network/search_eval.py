@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import BN_TYPES, evaluation_mode, recalibrate_batch_norm
-from graphprune.pruning import ChannelGroups, ChannelMasker, Mask
-from graphprune.sliced import SlicedNetwork
+from graphprune.network.evaluate import BN_TYPES, evaluation_mode, recalibrate_batch_norm
+from graphprune.network.pruning import ChannelGroups, ChannelMasker, Mask
+from graphprune.network.sliced import SlicedNetwork
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import torch
 
 from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment
-from graphprune.cost import CostModel
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
 from graphprune.errors import GraphpruneError
-from graphprune.graph import NetworkGraph, build_graph
-from graphprune.pruning import ChannelGroups
+from graphprune.network.cost import CostModel
+from graphprune.network.graph import NetworkGraph, build_graph
+from graphprune.network.pruning import ChannelGroups
 from graphprune.train import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)

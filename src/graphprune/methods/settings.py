@@ -1,6 +1,7 @@
 """The settings of every pruning method, in one torch-free module, so that a whole config (nested sections and
 variants included) is parsed into typed settings when it is loaded: a wrong key or value fails before any job
-runs, with its key path. The methods (graphprune.methods) import their settings from here.
+runs, with its key path. The methods (graphprune.methods) import their settings from here; the package's
+`__init__` does not import torch, so the config code reads this module without it.
 """
 
 from __future__ import annotations

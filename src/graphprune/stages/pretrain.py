@@ -17,9 +17,9 @@ import torch_pruning as tp
 
 from graphprune.checkpoint import atomic_write_json, load_checkpoint, save_model
 from graphprune.config import Config, Experiment
-from graphprune.data import load_splits, make_loader
-from graphprune.evaluate import evaluate
+from graphprune.data.splits import load_splits, make_loader
 from graphprune.models import build_model
+from graphprune.network.evaluate import evaluate
 from graphprune.paths import ResultPaths, training_checkpoint
 from graphprune.train import resolve_device, seed_everything, train
 

@@ -32,7 +32,7 @@ METRICS: dict[str, ResourceMetric] = {metric.name: metric for metric in (
     ResourceMetric("flops", "FLOPs", "multiply-accumulates of one sample's forward pass", True, False),
     ResourceMetric("params", "params", "parameters of the network", True, False),
     ResourceMetric("latency", "latency", "forward time of a batch on a device, predicted from per-layer "
-                   "timing tables (graphprune.latency)", False, True),
+                   "timing tables (graphprune.network.latency)", False, True),
 )}
 
 _TARGET_FORM = re.compile(rf"({'|'.join(METRICS)})(\d+(?:\.\d*)?|\.\d+)")

@@ -20,13 +20,14 @@ import torch
 
 from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment, stable_hash
-from graphprune.cost import CostModel, measure_latency
-from graphprune.data import Splits, load_splits, make_loader
+from graphprune.data.splits import Splits, load_splits, make_loader
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluate, recalibrate_batch_norm
+from graphprune.network.cost import CostModel
+from graphprune.network.evaluate import evaluate, recalibrate_batch_norm
+from graphprune.network.latency import measure_latency
+from graphprune.network.pruning import ChannelGroups, Mask, load_mask, prune_model, save_pruned
+from graphprune.network.search_eval import calibration_images
 from graphprune.paths import training_checkpoint
-from graphprune.pruning import ChannelGroups, Mask, load_mask, prune_model, save_pruned
-from graphprune.search_eval import calibration_images
 from graphprune.train import resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class PrunedBaseline:
     """The baseline of an experiment pruned physically by one search's mask, BN statistics as the search saw them,
     with what measuring it needs (the unpruned `baseline`, the splits, the cost model)."""
 
-    spec: Any  # model_spec.ModelSpec of the baseline
+    spec: Any  # models.spec.ModelSpec of the baseline
     baseline: torch.nn.Module
     groups: ChannelGroups
     mask: Mask

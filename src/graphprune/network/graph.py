@@ -28,17 +28,17 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from graphprune.budget import METRICS
 from graphprune.checkpoint import atomic_torch_save, load_checkpoint
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluation_mode
-from graphprune.pruning import ChannelGroups, GroupMember, build_dependency_graph
-from graphprune.root_channels import member_channels, per_root_channel
+from graphprune.network.budget import METRICS
+from graphprune.network.evaluate import evaluation_mode
+from graphprune.network.pruning import ChannelGroups, GroupMember, build_dependency_graph
+from graphprune.network.root_channels import member_channels, per_root_channel
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
-    from graphprune.cost import CostModel
+    from graphprune.network.cost import CostModel
 
 # torch-geometric is imported where a graph is built or loaded: importing it takes ~3 s, which the methods
 # that only trace layers (AMC, GNN-RL's group order) need not pay.

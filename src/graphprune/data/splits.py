@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-# The plain-data part (names, settings, shapes) lives in graphprune.datasets, without torch; re-exported here.
-from graphprune.datasets import KNOWN_DATASETS as KNOWN_DATASETS
-from graphprune.datasets import DatasetInfo as DatasetInfo
-from graphprune.datasets import DatasetSettings as DatasetSettings
-from graphprune.datasets import check_known_dataset
-from graphprune.datasets import dataset_info as dataset_info
+# The plain-data part (names, settings, shapes) lives in graphprune.data.datasets, without torch; re-exported
+# here.
+from graphprune.data.datasets import KNOWN_DATASETS as KNOWN_DATASETS
+from graphprune.data.datasets import DatasetInfo as DatasetInfo
+from graphprune.data.datasets import DatasetSettings as DatasetSettings
+from graphprune.data.datasets import check_known_dataset
+from graphprune.data.datasets import dataset_info as dataset_info
 from graphprune.errors import GraphpruneError
 
 # torchvision is imported inside the loaders that need it: importing it takes ~2 s (it loads torch._dynamo),

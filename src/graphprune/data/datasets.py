@@ -1,7 +1,7 @@
 """The datasets graphprune knows, their settings, and what a model needs to know about them, as plain data.
 
-Nothing here loads data (that is `graphprune.data`, which imports torch and re-exports these names), so the
-config code can check dataset names and size models without importing torch.
+Nothing here loads data (that is `graphprune.data.splits`, which imports torch and re-exports these names),
+so the config code can check dataset names and size models without importing torch.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from graphprune.errors import GraphpruneError
 
-# Every dataset `graphprune.data` can load, in the order of the config schema's enum.
+# Every dataset `graphprune.data.splits` can load, in the order of the config schema's enum.
 KNOWN_DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "fashion_mnist", "fake")
 
 # (classes, input channels, input size) of the datasets whose shape is fixed; `fake` takes its shape from the

@@ -2,7 +2,8 @@
 
 A *channel group* is one pruning decision: channels tied together by residual adds, depthwise convs or
 concatenation (found by Torch-Pruning's DependencyGraph). A `Mask` keeps a sorted set of channel indices per
-group. Two ways to apply it live here, and a third in `graphprune.sliced`; all must agree exactly (tested):
+group. Two ways to apply it live here, and a third in `graphprune.network.sliced`; all must agree exactly
+(tested):
 - `ChannelMasker`: forward hooks that zero the pruned channels in place (no copy);
 - `prune_model`: a physically smaller, ordinary `nn.Module` (a deep copy pruned with Torch-Pruning);
 - `sliced.SlicedNetwork`: the forward on sliced weight tensors (search scoring at the pruned network's cost).
@@ -31,10 +32,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from graphprune.checkpoint import _atomic_write, atomic_torch_save, load_checkpoint
+from graphprune.atomic import atomic_write
+from graphprune.checkpoint import atomic_torch_save, load_checkpoint
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluation_mode
 from graphprune.models import ModelSpec, build_model
+from graphprune.network.evaluate import evaluation_mode
 
 # Modules whose output channels a hook can zero so that the result equals removing them. Normalisations that
 # mix channels (LayerNorm, GroupNorm) cannot: zeroing a channel changes their statistics, so a group holding
@@ -507,7 +509,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) 
     example = (torch.zeros(1, *input_shape, device=_device_of(model)),)
     with evaluation_mode(model):
         exporter, onnx_bytes = _export_to_bytes(model, example)
-    _atomic_write(path, lambda stream: stream.write(onnx_bytes))
+    atomic_write(path, lambda stream: stream.write(onnx_bytes))
     import onnx  # only exporting needs it; importing it would slow down every other user of this module
 
     try:

@@ -17,16 +17,17 @@ import torch
 
 from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment, SearchSettings
-from graphprune.cost import CostModel, latency_model, parse_target
-from graphprune.data import load_splits
+from graphprune.data.splits import load_splits
 from graphprune.errors import GraphpruneError
 from graphprune.methods.base import MethodContext, get_method
-from graphprune.pruning import ChannelGroups, save_mask
-from graphprune.search_eval import SearchEvaluator, build_search_evaluators
+from graphprune.network.cost import CostModel, parse_target
+from graphprune.network.latency import latency_model
+from graphprune.network.pruning import ChannelGroups, save_mask
+from graphprune.network.search_eval import SearchEvaluator, build_search_evaluators
 from graphprune.train import resolve_device
 
 if TYPE_CHECKING:
-    from graphprune.graph import NetworkGraph
+    from graphprune.network.graph import NetworkGraph
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class PruningSetup:
     def graph(self) -> NetworkGraph | None:
         """The network graph, if built; read on first use (loading it imports torch-geometric, ~3 s), so the
         methods that do not read it never pay for it."""
-        from graphprune.graph import NetworkGraph
+        from graphprune.network.graph import NetworkGraph
 
         if not self.graph_file.exists():
             return None

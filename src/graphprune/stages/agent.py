@@ -12,12 +12,12 @@ from pathlib import Path
 
 from graphprune.checkpoint import atomic_write_json
 from graphprune.config import Config
-from graphprune.cost import parse_target
 from graphprune.errors import GraphpruneError
-from graphprune.method_settings import AgentSettings, parse_settings
 from graphprune.methods.base import MethodContext
+from graphprune.methods.settings import AgentSettings, parse_settings
+from graphprune.network.cost import parse_target
 from graphprune.paths import AGENT_CHECKPOINT, agent_dir
-from graphprune.search import load_setup
+from graphprune.stages.search import load_setup
 
 log = logging.getLogger(__name__)
 

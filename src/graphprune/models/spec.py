@@ -1,7 +1,7 @@
 """`ModelSpec`: the plain-data description of an architecture, stored inside every checkpoint.
 
-Kept apart from `graphprune.models` (which builds the networks, and so imports torch) so that the config code
-can describe models without importing torch; `graphprune.models` re-exports it.
+Kept apart from `graphprune.models.zoo` (which builds the networks, and so imports torch) so that the config
+code can describe models without importing torch; `graphprune.models` re-exports it.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from graphprune.evaluate import BN_TYPES, batch_norm_calibration, evaluation_mode
-from graphprune.pruning import ChannelGroups, Mask, masked_vs_pruned_difference
+from graphprune.network.evaluate import BN_TYPES, batch_norm_calibration, evaluation_mode
+from graphprune.network.pruning import ChannelGroups, Mask, masked_vs_pruned_difference
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Largest logit difference between the sliced and the masked forward that counts as float rounding.

@@ -1,5 +1,7 @@
-"""Measured latency of a pruned network, predicted from per-layer timing tables.
+"""Latency of a pruned network: measured (`measure_latency`), and predicted from per-layer timing tables.
 
+`measure_latency` times two real networks side by side, one call per timed repeat (`time_forward`, wall
+clock), and reports medians: what the metrics of `graphprune.prune` and the finetune stage report.
 `LatencyModel` predicts how long `prune_model(model, groups, mask)` takes for one forward pass of a batch on a
 device from the kept channel counts per group, in tens of microseconds, so that a latency budget can be
 checked at every environment step. It is built once per (model structure, device, torch threads, batch size,
@@ -17,19 +19,27 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from graphprune.checkpoint import atomic_torch_save, load_checkpoint
-from graphprune.cost import _Affine, _conv_widths, _LayerCall, _trace_layer_calls, _width
 from graphprune.errors import GraphpruneError
-from graphprune.evaluate import evaluation_mode
-from graphprune.pruning import ChannelGroups, Mask, prune_model
+from graphprune.network.evaluate import evaluation_mode
+from graphprune.network.layer_calls import (
+    CONV_TYPES,
+    Affine,
+    LayerCall,
+    call_width,
+    conv_widths,
+    trace_layer_calls,
+)
+from graphprune.network.pruning import ChannelGroups, Mask, prune_model
 
 FORMAT_VERSION = 2
 REMAINDERS = ("fitted", "affine", "scaled", "constant")
@@ -40,7 +50,6 @@ CALIBRATION_FRACTIONS = (0.6, 0.35)
 # Weight of the full network's equation in the "fitted" remainder (relative errors): its prediction stays
 # within a fraction of a percent of the measured latency.
 _FULL_WEIGHT = 10.0
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 # Shortest timed stretch of one repeat: layers faster than this run several times per repeat.
 _MIN_REPEAT_SECONDS = 2e-3
 
@@ -145,14 +154,57 @@ def round_robin_times(runs: Sequence[tuple[nn.Module, torch.Tensor]], warmup: in
     return [average(t) for t in times]
 
 
+def measure_latency(
+    model: nn.Module,
+    reference: nn.Module,
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 64),
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    repeats: int = 20,
+) -> dict[int, dict[str, float]]:
+    """Median forward time of `model` and `reference` (both already on `device`), measured in one run.
+
+    Runs are interleaved (and their order alternated) so that clock or load drift hits both models alike.
+    Every timed repeat is one call (`time_forward`, wall clock); unlike `round_robin_times` (the timing
+    tables), no short call is repeated within a repeat and no CPU clock is used, so that these numbers keep
+    their meaning: the median seconds of one forward pass.
+    input_shape: one sample, e.g. (3, 32, 32). Returns, per batch size,
+    `{"model_s": median seconds, "reference_s": median seconds, "ratio": model_s / reference_s}`.
+    Both models run in eval mode without autograd; their training flags are restored afterwards.
+    """
+    device = torch.device(device)
+    if warmup < 0 or repeats < 1:
+        raise GraphpruneError(f"latency needs warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    for label, net in (("model", model), ("reference", reference)):
+        if any(p.device.type != device.type for p in net.parameters()):
+            raise GraphpruneError(f"the {label} is not on {device}; move it there (.to('{device}')) first")
+
+    results: dict[int, dict[str, float]] = {}
+    with evaluation_mode(model, reference), torch.no_grad():
+        for batch in batch_sizes:
+            x = torch.randn(batch, *input_shape, device=device)
+            for _ in range(warmup):
+                time_forward(model, x)
+                time_forward(reference, x)
+            times: dict[str, list[float]] = {"model": [], "reference": []}
+            for repeat in range(repeats):
+                order = (("model", model), ("reference", reference))
+                for label, net in order if repeat % 2 == 0 else order[::-1]:
+                    times[label].append(time_forward(net, x))  # one call, wall clock
+            model_s, reference_s = statistics.median(times["model"]), statistics.median(times["reference"])
+            results[batch] = {"model_s": model_s, "reference_s": reference_s, "ratio": model_s / reference_s}
+    return results
+
+
 @dataclass(frozen=True)
 class _TimedLayer:
     """A conv or linear call whose widths depend on the counts; calls with equal `key` share one table."""
 
     name: str
     key: str
-    in_width: _Affine
-    out_width: _Affine
+    in_width: Affine
+    out_width: Affine
     depthwise: bool
     make: tuple  # (type, constructor keyword arguments but the widths, input shape without batch and width)
     in_knots: tuple[int, ...]
@@ -277,7 +329,7 @@ class LatencyModel:
         sizes = np.asarray(groups.sizes, dtype=np.int64)
         self.min_counts: tuple[int, ...] = tuple(min(groups.min_channels, int(s)) for s in sizes)
         with torch_threads(threads):
-            calls = _trace_layer_calls(model, groups)
+            calls = trace_layer_calls(model, groups)
         self.layers, elementwise = _split_calls(calls, sizes, np.asarray(self.min_counts), grid, block)
         self._elements = _sum_affine(elementwise, self.num_groups)
         with torch_threads(threads):
@@ -545,20 +597,20 @@ def _monotone(seconds: np.ndarray, in_knots: Sequence[int], out_knots: Sequence[
     return result
 
 
-def _split_calls(calls: list[_LayerCall], sizes: np.ndarray, min_counts: np.ndarray, grid: int,
-                 block: int) -> tuple[list[_TimedLayer], list[_Affine]]:
+def _split_calls(calls: list[LayerCall], sizes: np.ndarray, min_counts: np.ndarray, grid: int,
+                 block: int) -> tuple[list[_TimedLayer], list[Affine]]:
     """(the conv/linear calls to time, the input elements of every other traced call as affine widths)."""
     layers, elementwise = [], []
     for call in calls:
         module = call.module
-        if isinstance(module, _CONV_TYPES):
-            in_width, out_width, kind = _conv_widths(call, sizes)
+        if isinstance(module, CONV_TYPES):
+            in_width, out_width, kind = conv_widths(call, sizes)
         elif isinstance(module, nn.Linear):
-            in_width = _width(call, "in_channels", module.in_features, sizes)
-            out_width = _width(call, "out_channels", module.out_features, sizes)
+            in_width = call_width(call, "in_channels", module.in_features, sizes)
+            out_width = call_width(call, "out_channels", module.out_features, sizes)
             kind = "dense"
         else:
-            elementwise.append(_width(call, "in_elements", math.prod(call.in_shape), sizes))
+            elementwise.append(call_width(call, "in_elements", math.prod(call.in_shape), sizes))
             continue
         if in_width.is_constant and out_width.is_constant:
             continue  # fixed cost: part of the remainder
@@ -574,7 +626,7 @@ def _split_calls(calls: list[_LayerCall], sizes: np.ndarray, min_counts: np.ndar
     return layers, elementwise
 
 
-def _range(width: _Affine, min_counts: np.ndarray, sizes: np.ndarray) -> tuple[int, int]:
+def _range(width: Affine, min_counts: np.ndarray, sizes: np.ndarray) -> tuple[int, int]:
     return width.base + int(width.slope @ min_counts), width.base + int(width.slope @ sizes)
 
 
@@ -673,13 +725,13 @@ def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
     return copy.deepcopy(model).to(device)
 
 
-def _sum_affine(widths: list[_Affine], num_groups: int) -> tuple[float, np.ndarray]:
+def _sum_affine(widths: list[Affine], num_groups: int) -> tuple[float, np.ndarray]:
     base = float(sum(w.base for w in widths))
     slope = np.sum([w.slope for w in widths], axis=0).astype(np.float64) if widths else np.zeros(num_groups)
     return base, slope
 
 
-def _structure_digest(groups: ChannelGroups, calls: list[_LayerCall], layers: list[_TimedLayer]) -> str:
+def _structure_digest(groups: ChannelGroups, calls: list[LayerCall], layers: list[_TimedLayer]) -> str:
     """A digest of what the latency depends on: the traced calls (types, shapes, module settings), the timed
     layers' widths as functions of the counts, the group sizes and the input shape; not the weights."""
     description = {
@@ -711,3 +763,9 @@ def _check_meta(path: Path, stored: dict, wanted: dict) -> None:
             "(another "
             "table path, or rebuild=True to overwrite this one)"
         )
+
+
+def latency_model(model: nn.Module, groups: ChannelGroups, settings: Mapping[str, Any]):
+    """The latency table of `model` for a `search.latency` section (timed once, then read from its cache)."""
+    return LatencyModel(model, groups, settings["batch_size"], settings["device"], grid=settings["grid"],
+                        cache_dir=settings["cache_dir"])

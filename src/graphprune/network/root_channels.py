@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from graphprune.pruning import GroupMember
+from graphprune.network.pruning import GroupMember
 
 
 def member_channels(member: GroupMember) -> tuple[Tensor, Tensor]:
