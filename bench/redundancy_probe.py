@@ -86,6 +86,9 @@ METHODS = ["l1_uniform", "depgraph", "global_bn", "l1_ratio_search", "depgraph_r
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gat_ppo_prior_only": ("gat_ppo", {"learn": False}),  # the untrained policy: what PPO adds
     "gat_ppo_no_prior": ("gat_ppo", {"policy": {"prior_strength": 0.0}}),  # no L1 prior: what the prior adds
+    # the prior on what a channel adds downstream instead of its filter's magnitude (issue 24)
+    "gat_ppo_contribution": ("gat_ppo", {"policy": {"prior_score": "contribution"}}),
+    "gat_ppo_contribution_prior_only": ("gat_ppo", {"learn": False, "policy": {"prior_score": "contribution"}}),
 }
 
 

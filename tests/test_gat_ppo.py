@@ -11,6 +11,7 @@ from gymnasium.utils.env_checker import check_env
 from tianshou.data import Batch
 from torch import nn
 
+from graphprune.errors import GraphpruneError
 from graphprune.methods.base import BudgetedEvaluator, MethodContext, get_method
 from graphprune.methods.gat_ppo import repair_scores
 from graphprune.methods.gat_ppo.agent import AgentSettings, GatPpoSearch
@@ -523,3 +524,42 @@ def test_a_gat_ppo_search_leaves_the_callers_random_streams_alone(toy, tmp_path)
     get_method("gat_ppo").search(context, parse_target("flops0.5"), {"episodes_per_iteration": 8, "num_envs": 4})
     assert torch.equal(torch.get_rng_state(), states[0])
     assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
+
+
+def ignored_toy():
+    """A random ToyNet whose channels 0-5 of the first layer have the LARGEST filters (x10) while the second
+    layer's weights reading them are 0: free to remove, invisible to filter magnitude."""
+    torch.manual_seed(0)
+    model = ToyNet().eval()
+    first, second = model.features[0], model.features[3]
+    with torch.no_grad():
+        first.weight[USELESS] *= 10.0
+        second.weight[:, USELESS] = 0
+    return model, *self_labelled_search(model, torch.randn(256, *INPUT_SHAPE), calibration_images=128)
+
+
+def test_contribution_prior_sees_channels_the_consumers_ignore_and_filter_l1_does_not():
+    model, groups, cost, evaluator, graph = ignored_toy()
+    context = MethodContext(model, groups, cost, graph, evaluator)
+    first = groups.roots.index("features.0")
+    by_l1 = repair_scores(context)[first]
+    by_contribution = repair_scores(context, "contribution")[first]
+    ignored, live = by_l1[USELESS], by_l1[6:]
+    assert ignored.min() > live.max()  # magnitude keeps them first
+    assert by_contribution[USELESS].max() < by_contribution[6:].min()  # what they add downstream: nothing
+    # floored at a share of the group's median, not 0, so the prior's log z-scores stay finite and spread
+    assert by_contribution[USELESS].min() > 0
+    search = get_method("gat_ppo").parse_settings({"policy": {"prior_score": "contribution"}})
+    assert search.policy.prior_score == "contribution"
+    with pytest.raises(GraphpruneError, match="prior_score"):
+        get_method("gat_ppo").parse_settings({"policy": {"prior_score": "taylor"}})
+
+
+def test_untrained_contribution_policy_prunes_the_ignored_channels_first(tmp_path):
+    model, groups, cost, evaluator, graph = ignored_toy()
+    context = MethodContext(model, groups, cost, graph, evaluator, seed=0, out_dir=tmp_path, evaluations=16)
+    settings = {"learn": False, "episodes_per_iteration": 8, "num_envs": 2,
+                "policy": {"prior_score": "contribution"}}
+    mask = get_method("gat_ppo").search(context, parse_target("flops0.7"), settings).mask
+    kept = set(mask.kept[groups.roots.index("features.0")])
+    assert len(kept & set(range(6))) <= 1 < len(kept & set(range(6, 12)))

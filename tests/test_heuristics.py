@@ -291,3 +291,17 @@ def test_largest_scaled_counts_is_the_largest_uniform_ratio_meeting_the_budget()
     larger = counts_for_ratios(sizes, np.full(len(sizes), next_ratio + 1e-9), context.cost.min_counts)
     assert (larger >= counts).all() and (larger > counts).any()
     assert not context.cost.meets(budget, larger)
+
+
+@pytest.mark.parametrize("conv_groups", [1, 2, 8])
+def test_input_slice_l1_reads_each_input_channels_own_weights(conv_groups):
+    from graphprune.methods.heuristics import _input_slice_l1
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, groups=conv_groups)
+    per_group_in, per_group_out = 8 // conv_groups, 16 // conv_groups
+    expected = [conv.weight[(i // per_group_in) * per_group_out:(i // per_group_in + 1) * per_group_out,
+                            i % per_group_in].abs().mean() for i in range(8)]
+    torch.testing.assert_close(_input_slice_l1(conv), torch.stack(expected).detach())
+    linear = nn.Linear(8, 3)
+    torch.testing.assert_close(_input_slice_l1(linear), linear.weight.abs().mean(0).detach())

@@ -170,6 +170,33 @@ def filter_l2_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray
     return _filter_norm_scores(model, groups, p=2)
 
 
+def consumer_l1_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
+    """Per group, [size]: the mean |w| of the weights that READ each channel (the input slices of every conv and
+    linear layer consuming the group's channels), averaged over those layers; zeros where nothing reads them.
+    Filter norms look at what writes a channel; this is what the network does with it downstream."""
+    modules = dict(model.named_modules())
+    scores = []
+    for group in groups.groups:
+        readers = [m for m in group.members if m.kind == "in" and isinstance(modules[m.module], _FILTER_TYPES)]
+        total = np.zeros(group.size)
+        for member in readers:
+            total += per_root_channel(member, _input_slice_l1(modules[member.module]).double(), mean=True).numpy()
+        scores.append(total / max(len(readers), 1))
+    return scores
+
+
+def _input_slice_l1(module: nn.Module) -> torch.Tensor:
+    """[in_channels]: mean |w| over the weights that read each input channel (of a conv, within its group)."""
+    weight = module.weight.detach().abs().float().cpu()
+    groups = getattr(module, "groups", 1)
+    if groups == 1:
+        return weight.transpose(0, 1).flatten(1).mean(1)
+    # grouped conv: input channel i meets only the filters of its group, at column i % (in / groups)
+    per_group_out = weight.shape[0] // groups
+    by_group = weight.reshape(groups, per_group_out, weight.shape[1], -1)  # [g, out/g, in/g, k*k]
+    return by_group.transpose(1, 2).flatten(2).mean(2).flatten()  # [g * in/g] in input-channel order
+
+
 def _filter_norm_scores(model: nn.Module, groups: ChannelGroups, p: int) -> list[np.ndarray]:
     """Per group, [size]: the Lp norm of each root channel's filters over every layer that writes it."""
     modules = dict(model.named_modules())

@@ -170,6 +170,11 @@ class NetworkGraph:
         """The columns of `x` that hold the state (DYNAMIC_FEATURES, the last three)."""
         return slice(DECIDED_COLUMN, BUDGET_COLUMN + 1)
 
+    def channel_feature(self, name: str) -> list[Tensor]:
+        """One static channel feature (a CHANNEL_FEATURES name), split per group: [size] per group."""
+        column = self.feature_names.index(name)
+        return list(self.data.x[: sum(self.group_sizes), column].split(list(self.group_sizes)))
+
     def layer_node(self, name: str) -> int:
         """Node id of a layer: a module name (`layer1.0.conv1`) or a traced op name (`add#12`)."""
         if name not in self._layer_index:

@@ -11,7 +11,7 @@ import numpy as np
 from graphprune.errors import GraphpruneError
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
 from graphprune.methods.gat_ppo.agent import GatPpoSearch, SearchResult
-from graphprune.methods.heuristics import filter_l1_scores
+from graphprune.methods.heuristics import consumer_l1_scores, filter_l1_scores
 from graphprune.methods.rl_common import preserved_global_rngs
 from graphprune.methods.settings import AgentSettings
 from graphprune.network.cost import Budget
@@ -47,7 +47,8 @@ def build_search(context: MethodContext, budget: Budget, settings: AgentSettings
         raise GraphpruneError("the graph was built for another network; rebuild it with `graphprune graph`")
     order = topological_group_order(graph.group_roots, graph.layer_names)
     return GatPpoSearch(
-        graph, order, context.cost, budget, context.evaluator, repair_scores(context), settings,
+        graph, order, context.cost, budget, context.evaluator,
+        repair_scores(context, settings.policy.prior_score), settings,
         seed=context.seed, out_dir=context.out_dir, min_channels=context.groups.min_channels,
     )
 
@@ -61,10 +62,34 @@ def search_result(search: GatPpoSearch, result: SearchResult, **extra) -> Method
     return MethodResult(result.mask, record)
 
 
-def repair_scores(context: MethodContext) -> list[np.ndarray]:
-    """Filter L1 norms divided by their group's mean, so the global ranking compares like with like.
+def repair_scores(context: MethodContext, prior_score: str = "filter_l1") -> list[np.ndarray]:
+    """Per channel, the score the policy's prior and repair read (`policy.prior_score`), divided by its group's
+    mean so the global ranking compares like with like: filter L1 norms, or the graph's `contribution`.
 
     Repair drops the least important kept channels by these static scores: Tianshou hands the environment
     only the sampled bits, not the policy's logits.
     """
-    return [s / max(float(s.mean()), 1e-12) for s in filter_l1_scores(context.model, context.groups)]
+    if prior_score == "contribution":
+        scores = [_floored(score) for score in contribution_scores(context)]
+    else:
+        scores = filter_l1_scores(context.model, context.groups)
+    return [s / max(float(s.mean()), 1e-12) for s in scores]
+
+
+def contribution_scores(context: MethodContext) -> list[np.ndarray]:
+    """Per group, [size]: a first-order size of what each channel adds downstream: the RMS of its activation on
+    the graph's calibration images (at its BatchNorm's output) x the mean |w| of the weights reading it. Zero
+    for a channel its consumers ignore or that is constant zero, however large its filter."""
+    mean, std = context.graph.channel_feature("act_mean"), context.graph.channel_feature("act_std")
+    return [reads * np.sqrt(m.double().numpy() ** 2 + s.double().numpy() ** 2)
+            for reads, m, s in zip(consumer_l1_scores(context.model, context.groups), mean, std, strict=True)]
+
+
+# A channel that adds nothing downstream scores this share of its group's median, not 0: its log (the prior's
+# z-score) stays a few units below the rest instead of stretching the group's spread so far that the other
+# channels' differences vanish.
+CONTRIBUTION_FLOOR = 0.01
+
+
+def _floored(scores: np.ndarray) -> np.ndarray:
+    return np.maximum(scores, CONTRIBUTION_FLOOR * max(float(np.median(scores)), 1e-12))

@@ -62,8 +62,8 @@ ITERATION_COLUMNS = ("iteration", "episodes", "masks_evaluated", "sampled_mean",
                      "clip_fraction", "explained_variance")
 CHECKPOINT_NAME, LOG_NAME, ITERATIONS_NAME = AGENT_CHECKPOINT, SEARCH_LOG, SEARCH_ITERATIONS  # graphprune.paths
 OPTIMIZERS_KEY = PPO._STATE_DICT_KEY_OPTIMIZERS  # where Tianshou's state_dict keeps the optimizer states
-# Where the policy rates channels alike (at the start every keep probability is the same), filter L1 decides.
-L1_TIE_BREAK = 1e-6
+# Where the policy rates channels alike (at the start every keep probability is the same), the prior score decides.
+PRIOR_TIE_BREAK = 1e-6
 
 
 
@@ -92,8 +92,8 @@ class GatPpoSearch:
             sizes, order)
         cost.check_feasible(budget)
 
-        self.l1_scores = [np.asarray(i, dtype=np.float64) for i in importance]
-        self.repair_scores = self.l1_scores  # what repair drops first: the lowest; the agent's from iteration 1
+        self.prior_scores = [np.asarray(i, dtype=np.float64) for i in importance]
+        self.repair_scores = self.prior_scores  # what repair drops first: the lowest; the agent's from iteration 1
 
         self.margin = BudgetMargin(lr=settings.margin_lr if settings.policy.budget_prior else 0.0,
                                    target_share=settings.margin_target,
@@ -116,7 +116,7 @@ class GatPpoSearch:
         encoder = GraphEncoder(graph, settings.policy)
         binary = settings.policy.action == "binary"
         prior = settings.policy.prior_strength * np.concatenate([_z_scores(np.log(np.maximum(g, 1e-12)))
-                                                                 for g in self.l1_scores])
+                                                                 for g in self.prior_scores])
         actor = (KeepActor(encoder, self.layout, budget.ratio, settings.policy.hidden, channel_prior=prior,
                            budget_prior=settings.policy.budget_prior) if binary
                  else RatioActor(encoder, self.layout, budget.ratio, settings.policy.hidden))
@@ -222,6 +222,14 @@ class GatPpoSearch:
         self.algorithm.load_state_dict(own)
         self.encoder.forget_static()
 
+    def adopt(self, weights: dict[str, torch.Tensor], *, margin_fraction: float, learn: bool, source: str) -> None:
+        """Start from a trained shared agent (gat_ppo_transfer): its weights, its budget margin as a fraction of
+        this search's budget (capped as the margin is), and whether PPO goes on training it here."""
+        self.load_weights(weights, source=source)
+        self.margin.value = min(margin_fraction * self.budget.ratio, self.margin.max_value)
+        self.envs.set_env_attr("budget_margin", self.margin.value)
+        self.learn = learn
+
     def share_from(self, other: GatPpoSearch) -> None:
         """Continue training where `other` (the same agent on another network or budget) left off: its weights
         and optimizer states, this search's own graph."""
@@ -310,8 +318,8 @@ class GatPpoSearch:
         _, accuracy, probabilities = self._greedy_episode()
         if agent_repair:
             groups = np.split(probabilities, self.layout.offsets[1:])
-            l1_ranks = [np.argsort(np.argsort(scores)) / max(len(scores), 1) for scores in self.l1_scores]
-            self.repair_scores = [p + L1_TIE_BREAK * r for p, r in zip(groups, l1_ranks, strict=True)]
+            prior_ranks = [np.argsort(np.argsort(scores)) / max(len(scores), 1) for scores in self.prior_scores]
+            self.repair_scores = [p + PRIOR_TIE_BREAK * r for p, r in zip(groups, prior_ranks, strict=True)]
             self.envs.set_env_attr("importance", self.repair_scores)
         return accuracy
 

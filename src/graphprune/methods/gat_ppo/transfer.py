@@ -28,10 +28,8 @@ class GatPpoTransfer(PruningMethod):
         agent = load_agent(settings.agent)
         search = build_search(context, budget, agent.settings)
         try:
-            search.load_weights(agent.weights, source=settings.agent)
-            search.margin.value = min(agent.margin_fraction * budget.ratio, search.margin.max_value)
-            search.envs.set_env_attr("budget_margin", search.margin.value)
-            search.learn = settings.keep_training
+            search.adopt(agent.weights, margin_fraction=agent.margin_fraction, learn=settings.keep_training,
+                         source=settings.agent)
             greedy_first = search.start_from_greedy()
             return search_result(search, search.run(), agent=settings.agent, agent_networks=agent.networks,
                                  agent_budgets=agent.budgets, greedy_first_search_top1=greedy_first)
