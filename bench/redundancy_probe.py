@@ -65,7 +65,7 @@ import graphprune  # noqa: E402
 from graphprune.checkpoint import load_model  # noqa: E402
 from graphprune.config import dataset_settings, search_settings  # noqa: E402
 from graphprune.data.splits import load_splits, make_loader  # noqa: E402
-from graphprune.methods.heuristics import bn_gamma_scores, depgraph_scores, filter_l1_scores  # noqa: E402
+from graphprune.methods.importance import bn_gamma_scores, depgraph_scores, filter_l1_scores  # noqa: E402
 from graphprune.models.cifar_resnet import BasicBlock  # noqa: E402
 from graphprune.network.evaluate import evaluate, evaluation_mode, recalibrate_batch_norm  # noqa: E402
 from graphprune.network.pruning import ChannelGroups, ChannelMasker, Mask  # noqa: E402

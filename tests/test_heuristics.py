@@ -19,7 +19,7 @@ from graphprune.methods.base import (
     largest_scaled_counts,
     remove_to_budget,
 )
-from graphprune.methods.heuristics import bn_gamma_scores, depgraph_scores, filter_l1_scores
+from graphprune.methods.importance import bn_gamma_scores, depgraph_scores, filter_l1_scores
 from graphprune.models import ModelSpec, build_model
 from graphprune.network.cost import CostModel, parse_target
 from graphprune.network.pruning import ChannelGroups, Mask
@@ -295,7 +295,7 @@ def test_largest_scaled_counts_is_the_largest_uniform_ratio_meeting_the_budget()
 
 @pytest.mark.parametrize("conv_groups", [1, 2, 8])
 def test_input_slice_l1_reads_each_input_channels_own_weights(conv_groups):
-    from graphprune.methods.heuristics import _input_slice_l1
+    from graphprune.methods.importance import _input_slice_l1
 
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 16, 3, groups=conv_groups)

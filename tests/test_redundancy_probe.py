@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import graphprune
-from graphprune.methods.heuristics import filter_l1_scores
+from graphprune.methods.importance import filter_l1_scores
 from graphprune.models import ModelSpec, build_model
 from graphprune.network.pruning import ChannelGroups
 

@@ -45,3 +45,59 @@ def test_search_priority_names_real_methods_and_puts_the_long_searches_first():
     assert set(SEARCH_PRIORITY) <= set(base.METHOD_MODULES)
     assert search_priority("amc") > search_priority("gnnrl") > search_priority("l1_ratio_search") > 0
     assert search_priority("l1_uniform") == 0  # one-shot heuristics: as short as a fine-tuning
+
+
+# ------------------------------------------------------------------------------------------ channel importances
+
+
+def test_every_indexed_importance_is_registered_and_the_other_way_round():
+    from graphprune.methods import importance, index
+
+    assert set(importance.IMPORTANCES) == set(index.IMPORTANCE_NAMES)
+
+
+def test_unknown_importance_is_a_clear_error():
+    from graphprune.methods.importance import get_importance
+
+    with pytest.raises(GraphpruneError, match="unknown channel importance 'taylor'; known: filter_l1"):
+        get_importance("taylor")
+    with pytest.raises(GraphpruneError, match=r"gat_ppo.policy: prior_score must be one of .*consumer_l1.*got .taylor."):
+        base.get_method("gat_ppo").parse_settings({"policy": {"prior_score": "taylor"}})
+
+
+def test_a_new_importance_needs_its_function_and_one_index_line(monkeypatch):
+    """Register a score the package does not know (the channel index, reversed: keep the first channels) and
+    add its name to the index, nothing else: gat_ppo's prior and repair and a ratio search then rank by it."""
+    import numpy as np
+    import torch
+    from conftest import self_labelled_search
+    from torch import nn
+
+    from graphprune.methods import importance, index
+    from graphprune.methods.gat_ppo import repair_scores
+    from graphprune.methods.heuristics import RatioSearch
+
+    monkeypatch.setattr(importance, "IMPORTANCES", dict(importance.IMPORTANCES))
+    monkeypatch.setattr(index, "IMPORTANCE_NAMES", (*index.IMPORTANCE_NAMES, "first_channels"))
+
+    @importance.register_importance("first_channels")
+    def first_channels(model, groups):
+        return [np.arange(size, 0, -1, dtype=np.float64) for size in groups.sizes]
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    groups, cost, evaluator, graph = self_labelled_search(model, torch.randn(64, 1, 6, 6), calibration_images=32)
+    context = base.MethodContext(model, groups, cost, graph, evaluator)
+
+    settings = base.get_method("gat_ppo").parse_settings({"policy": {"prior_score": "first_channels"}})
+    assert settings.policy.prior_score == "first_channels"
+    for scores in repair_scores(context, "first_channels"):
+        assert (np.diff(scores) < 0).all() and scores.mean() == pytest.approx(1.0)  # divided by the group mean
+
+    class FirstChannelsRatioSearch(RatioSearch):
+        importance = "first_channels"
+
+    keep = FirstChannelsRatioSearch().channel_chooser(context)
+    mask = keep(np.array([2, 3]), np.random.default_rng(0))
+    assert [list(kept) for kept in mask.kept] == [[0, 1], [0, 1, 2]]

@@ -28,7 +28,7 @@ from graphprune.methods.gnnrl import (
     build_hierarchy,
     fixed_std_gaussian,
 )
-from graphprune.methods.heuristics import filter_l1_scores, filter_l2_scores
+from graphprune.methods.importance import filter_l1_scores, filter_l2_scores
 from graphprune.methods.rl_common import ScoredMasks, seeded_global_rngs
 from graphprune.models import ModelSpec, build_model
 from graphprune.network.cost import CostModel, parse_target

@@ -27,7 +27,7 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from torch import Tensor, nn
 
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, counts_for_ratios, register
-from graphprune.methods.heuristics import filter_l1_scores
+from graphprune.methods.importance import filter_l1_scores
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
 from graphprune.methods.settings import AmcSettings
 from graphprune.network.cost import Budget, CostModel

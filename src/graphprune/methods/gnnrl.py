@@ -39,7 +39,7 @@ from graphprune.methods.base import (
     largest_scaled_counts,
     register,
 )
-from graphprune.methods.heuristics import filter_l2_scores
+from graphprune.methods.importance import filter_l2_scores
 from graphprune.methods.rl_common import MAX_EPISODES_PER_EVALUATION, ScoredMasks, seeded_global_rngs
 from graphprune.methods.settings import GnnRlSettings
 from graphprune.network.cost import Budget, CostModel

@@ -5,7 +5,7 @@ Each turns (trained model, budget) into a mask meeting the budget, with the shar
 a uniform keep ratio by bisection (`random`, `l1_uniform`), a global ranking dropped to the budget
 (`global_bn`, `depgraph`), or random per-group ratios scored by the search evaluator (`random_search`, `l1_ratio_search`,
 `depgraph_ratio_search`).
-Channel scores are read from the model's weights; nothing here trains, changes or evaluates the model itself.
+Channel scores come from `methods.importance`; nothing here trains, changes or evaluates the model itself.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
-import torch_pruning as tp
-from torch import nn
 
 from graphprune.methods.base import (
     MethodContext,
@@ -28,12 +25,10 @@ from graphprune.methods.base import (
     register,
     remove_to_budget,
 )
+from graphprune.methods.importance import bn_gamma_scores, depgraph_scores, filter_l1_scores, get_importance
 from graphprune.methods.settings import RatioSearchSettings
 from graphprune.network.cost import Budget
-from graphprune.network.pruning import ChannelGroups, GroupMember, Mask, build_dependency_graph
-from graphprune.network.root_channels import per_root_channel
-
-_FILTER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # layers whose weight rows are output-channel filters
+from graphprune.network.pruning import Mask
 
 
 @register("random")
@@ -79,24 +74,25 @@ class DepGraph(PruningMethod):
         return MethodResult(mask, {"notes": "Torch-Pruning GroupMagnitudeImportance (p=2, mean), global ranking"})
 
 
-
-
 # Draws per evaluation before a ratio search gives up finding new masks (a tiny network may have fewer
 # distinct masks under the budget than the search may score).
 _DRAWS_PER_EVALUATION = 20
 
 
 class RatioSearch(PruningMethod):
-    """Random per-group keep ratios scaled to the budget; which channels each group keeps is `keep`'s choice;
-    the best by search accuracy (the first found wins ties) once the evaluations are spent."""
+    """Random per-group keep ratios scaled to the budget, inside each group the channels of largest
+    `importance` (a `methods.importance` name) kept; the best by search accuracy (the first found wins ties)
+    once the evaluations are spent."""
 
     settings_type = RatioSearchSettings
     needs_evaluator = True
+    importance = ""  # which channels each group keeps
     description = ""
 
     def channel_chooser(self, context: MethodContext) -> Callable[[np.ndarray, np.random.Generator], Mask]:
         """(kept counts per group, rng) -> the mask keeping those counts."""
-        raise NotImplementedError
+        scores = get_importance(self.importance)(context.model, context.groups)
+        return lambda counts, rng: keep_top(scores, counts)
 
     def choose(self, context: MethodContext, budget: Budget, settings: RatioSearchSettings) -> MethodResult:
         rng = np.random.default_rng(context.seed)
@@ -134,11 +130,7 @@ class L1RatioSearch(RatioSearch):
     """Random per-group keep ratios, the largest-L1 filters kept inside each group: separates "found a good
     per-group allocation" from "learned which channels matter" (docs/BASELINES.md)."""
 
-    description = "largest filter L1 norms kept"
-
-    def channel_chooser(self, context: MethodContext) -> Callable[[np.ndarray, np.random.Generator], Mask]:
-        scores = filter_l1_scores(context.model, context.groups)
-        return lambda counts, rng: keep_top(scores, counts)
+    importance, description = "filter_l1", "largest filter L1 norms kept"
 
 
 @register("depgraph_ratio_search")
@@ -146,113 +138,4 @@ class DepGraphRatioSearch(RatioSearch):
     """Random per-group keep ratios, the channels of largest DepGraph group importance kept inside each group:
     the ratio search over the stronger one-shot ranking (`depgraph_scores`: producer and consumer weights)."""
 
-    description = "largest DepGraph group importance kept"
-
-    def channel_chooser(self, context: MethodContext) -> Callable[[np.ndarray, np.random.Generator], Mask]:
-        scores = depgraph_scores(context.model, context.groups)
-        return lambda counts, rng: keep_top(scores, counts)
-
-
-# -------------------------------------------------------------------------------------------- channel scores
-
-
-def filter_l1_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
-    """Per group, [size]: the L1 norm of each channel's filters, summed over every conv/linear layer that writes
-    the group's channels (the root alone for a plain layer; all convs feeding a residual add for a coupled
-    group; the expand conv and the depthwise conv of a MobileNet block)."""
-    return _filter_norm_scores(model, groups, p=1)
-
-
-def filter_l2_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
-    """Per group, [size]: the L2 norm of each channel's filters, all the conv/linear layers that write the
-    group's channels taken together as one vector (GNN-RL's `ln_structured(n=2)` ranking, extended to coupled
-    groups as in `filter_l1_scores`)."""
-    return _filter_norm_scores(model, groups, p=2)
-
-
-def consumer_l1_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
-    """Per group, [size]: the mean |w| of the weights that READ each channel (the input slices of every conv and
-    linear layer consuming the group's channels), averaged over those layers; zeros where nothing reads them.
-    Filter norms look at what writes a channel; this is what the network does with it downstream."""
-    modules = dict(model.named_modules())
-    scores = []
-    for group in groups.groups:
-        readers = [m for m in group.members if m.kind == "in" and isinstance(modules[m.module], _FILTER_TYPES)]
-        total = np.zeros(group.size)
-        for member in readers:
-            total += per_root_channel(member, _input_slice_l1(modules[member.module]).double(), mean=True).numpy()
-        scores.append(total / max(len(readers), 1))
-    return scores
-
-
-def _input_slice_l1(module: nn.Module) -> torch.Tensor:
-    """[in_channels]: mean |w| over the weights that read each input channel (of a conv, within its group)."""
-    weight = module.weight.detach().abs().float().cpu()
-    groups = getattr(module, "groups", 1)
-    if groups == 1:
-        return weight.transpose(0, 1).flatten(1).mean(1)
-    # grouped conv: input channel i meets only the filters of its group, at column i % (in / groups)
-    per_group_out = weight.shape[0] // groups
-    by_group = weight.reshape(groups, per_group_out, weight.shape[1], -1)  # [g, out/g, in/g, k*k]
-    return by_group.transpose(1, 2).flatten(2).mean(2).flatten()  # [g * in/g] in input-channel order
-
-
-def _filter_norm_scores(model: nn.Module, groups: ChannelGroups, p: int) -> list[np.ndarray]:
-    """Per group, [size]: the Lp norm of each root channel's filters over every layer that writes it."""
-    modules = dict(model.named_modules())
-    scores = []
-    for group in groups.groups:
-        total = np.zeros(group.size)
-        for member in _out_members(group.members, modules, _FILTER_TYPES):
-            weight = modules[member.module].weight.detach()
-            total += _per_root_sum(member, weight.abs().pow(p).flatten(1).sum(1))
-        scores.append(total if p == 1 else total ** (1.0 / p))
-    return scores
-
-
-def bn_gamma_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
-    """Per group, [size]: |gamma| of the batch norm writing the channel (the mean over them where several BNs
-    write a coupled group, e.g. a residual stream). Groups without an affine BN fall back to their filter L1
-    norms divided by the group's mean and scaled to the network's mean |gamma|, so they rank in the middle."""
-    modules = dict(model.named_modules())
-    l1 = filter_l1_scores(model, groups)
-    gammas: list[np.ndarray | None] = []
-    for group in groups.groups:
-        bns = [m for m in _out_members(group.members, modules, (nn.modules.batchnorm._BatchNorm,)) if modules[m.module].affine]
-        if not bns:
-            gammas.append(None)
-            continue
-        total = sum(_per_root_sum(m, modules[m.module].weight.detach().abs()) for m in bns)
-        gammas.append(total / len(bns))
-    known = [g for g in gammas if g is not None]
-    typical_gamma = float(np.mean(np.concatenate(known))) if known else 1.0
-    return [
-        gamma if gamma is not None else l1[g] / max(float(l1[g].mean()), 1e-12) * typical_gamma
-        for g, gamma in enumerate(gammas)
-    ]
-
-
-def depgraph_scores(model: nn.Module, groups: ChannelGroups) -> list[np.ndarray]:
-    """Per group, [size]: Torch-Pruning's `GroupMagnitudeImportance` (L2 norm over every coupled parameter
-    slice, in and out, averaged over the group's layers, divided by the group's mean), computed on the full
-    group as DepGraph's global pruning does."""
-    graph = build_dependency_graph(model, groups.input_shape)
-    modules = dict(model.named_modules())
-    importance = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
-    scores = []
-    with torch.no_grad():
-        for group in groups.groups:
-            root = modules[group.root]
-            pruning_fn = graph.get_pruner_of_module(root).prune_out_channels
-            tp_group = graph.get_pruning_group(root, pruning_fn, idxs=list(range(group.size)))
-            scores.append(importance(tp_group).detach().cpu().double().numpy())
-    return scores
-
-
-def _out_members(members: tuple[GroupMember, ...], modules: dict, types: tuple[type, ...]) -> list[GroupMember]:
-    return [m for m in members if m.kind == "out" and isinstance(modules[m.module], types)]
-
-
-def _per_root_sum(member: GroupMember, values: torch.Tensor) -> np.ndarray:
-    """values: [W] per module channel -> [size] per root channel, summed in float64."""
-    return per_root_channel(member, values.detach().double().cpu()).numpy()
+    importance, description = "depgraph", "largest DepGraph group importance kept"

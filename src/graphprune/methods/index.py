@@ -24,6 +24,11 @@ METHOD_MODULES: dict[str, str] = {
 }
 
 
+# Channel importances by name (`graphprune.methods.importance`, where each registers): what `policy.prior_score`
+# and the ratio searches may rank channels by. Listed here so the config checks a name without importing torch.
+IMPORTANCE_NAMES: tuple[str, ...] = ("filter_l1", "filter_l2", "bn_gamma", "depgraph", "consumer_l1")
+
+
 # Scheduling order of search jobs, longest first (methods not listed: 0, as fine-tuning): a local run on few
 # cores then starts the long searches early and ends on short jobs, instead of one late AMC search running
 # alone (measured in `make run`: 153 s with one of two cores idle).

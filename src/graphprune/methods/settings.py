@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graphprune.errors import GraphpruneError
+from graphprune.methods import index
 
 # gat_ppo
 ENCODERS = ("gat", "mlp", "gat_state", "mean_state")
 ACTIONS = ("binary", "ratio")
-PRIOR_SCORES = ("filter_l1", "contribution")  # graph.CHANNEL_FEATURES; see PolicySettings.prior_score
+# PolicySettings.prior_score: any channel importance of index.IMPORTANCE_NAMES, or this one of gat_ppo's own
+CONTRIBUTION = "contribution"
 LOG_PROBS = ("mean", "joint")  # of a step's bits, for PPO's ratio: the per-bit mean or the sum (the joint)
 REWARD_KINDS = ("self_competition", "ranked", "absolute")
 REPAIRS = ("agent", "l1")
@@ -126,9 +128,10 @@ class PolicySettings:
     # Keep logits start as prior_strength * (a channel's filter-L1 z-score within its group) around the budget's
     # bias: first samples already favour strong filters, and the policy learns where to depart from them.
     prior_strength: float = 2.0
-    # What that z-score is of: "filter_l1" (the root filter's magnitude) or "contribution" (what the channel adds
-    # downstream: its activation RMS on calibration images x the mean |w| of the weights reading it), which sees
-    # channels whose consumers ignore them or that are constant zero. Repair ranks by the same score.
+    # What that z-score is of: a channel importance by name ("filter_l1": the root filter's magnitude; any of
+    # index.IMPORTANCE_NAMES) or "contribution" (what the channel adds downstream: its activation RMS on
+    # calibration images x the mean |w| of the weights reading it), which sees channels whose consumers ignore
+    # them or that are constant zero. Repair ranks by the same score.
     prior_score: str = "filter_l1"
     # Add logit(q) to every keep logit, q the keep fraction of the undecided groups that lands the mask on the
     # budget (recomputed at every step); false: a constant start at logit(sqrt(budget)) instead.
@@ -140,8 +143,9 @@ class PolicySettings:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
-        if self.prior_score not in PRIOR_SCORES:
-            raise ValueError(f"prior_score must be one of {PRIOR_SCORES}, got {self.prior_score!r}")
+        prior_scores = (*index.IMPORTANCE_NAMES, CONTRIBUTION)
+        if self.prior_score not in prior_scores:
+            raise ValueError(f"prior_score must be one of {prior_scores}, got {self.prior_score!r}")
         if self.log_prob not in LOG_PROBS:
             raise ValueError(f"log_prob must be one of {LOG_PROBS}, got {self.log_prob!r}")
 

@@ -11,9 +11,9 @@ import numpy as np
 from graphprune.errors import GraphpruneError
 from graphprune.methods.base import MethodContext, MethodResult, PruningMethod, register
 from graphprune.methods.gat_ppo.agent import GatPpoSearch, SearchResult
-from graphprune.methods.heuristics import consumer_l1_scores, filter_l1_scores
+from graphprune.methods.importance import consumer_l1_scores, get_importance
 from graphprune.methods.rl_common import preserved_global_rngs
-from graphprune.methods.settings import AgentSettings
+from graphprune.methods.settings import CONTRIBUTION, AgentSettings
 from graphprune.network.cost import Budget
 from graphprune.network.graph import topological_group_order
 
@@ -64,15 +64,16 @@ def search_result(search: GatPpoSearch, result: SearchResult, **extra) -> Method
 
 def repair_scores(context: MethodContext, prior_score: str = "filter_l1") -> list[np.ndarray]:
     """Per channel, the score the policy's prior and repair read (`policy.prior_score`), divided by its group's
-    mean so the global ranking compares like with like: filter L1 norms, or the graph's `contribution`.
+    mean so the global ranking compares like with like: a channel importance (filter L1 norms by default), or
+    the graph's `contribution`.
 
     Repair drops the least important kept channels by these static scores: Tianshou hands the environment
     only the sampled bits, not the policy's logits.
     """
-    if prior_score == "contribution":
+    if prior_score == CONTRIBUTION:
         scores = [_floored(score) for score in contribution_scores(context)]
     else:
-        scores = filter_l1_scores(context.model, context.groups)
+        scores = get_importance(prior_score)(context.model, context.groups)
     return [s / max(float(s.mean()), 1e-12) for s in scores]
 
 
