@@ -67,8 +67,8 @@ def _provenance() -> str:
                             check=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                            text=True, check=True).stdout.strip()
-    return (f"Rendered from commit `{commit}`{' (with uncommitted changes)' if dirty else ''} on "
-            f"{machine_summary()}.")
+    return (f"Copied at commit `{commit}`{' (with uncommitted changes)' if dirty else ''} on "
+            f"{machine_summary()}; the run's own date, tree and wall time are in docs/BENCHMARKS.md.")
 
 
 def _sections(text: str) -> dict[str, str]:
