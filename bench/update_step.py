@@ -2,13 +2,15 @@
 
 - `before`: GATv2 makes its self-loops in every call, and the actor and the critic each run the static
   attention pass and the state diffusion of the minibatch (the encoder before 2026-12-02);
-- `now`: the self-loops are made once, and one static pass and one diffusion serve both readers, each
-  reader's gradient going back through a backward pass of its own.
+- `now`: the self-loops are made once, and one static pass and one diffusion serve both readers, whose
+  gradients meet at the pass's output and go back through it once (until 2026-12-06 each reader's gradient
+  went back through a backward pass of its own, to keep the gradients bit-identical to `before`).
 
 Per network, the same weights and the same random minibatches of 64 states (the default minibatch) for both,
 in alternating order; a step is actor and critic forward, the summed losses' backward (as Tianshou's PPO
-does), no optimizer step, so every step sees the same weights. Checks that both give bit-identical
-gradients, then prints ms per step, median (min-max) over `--steps` steps, and the ratio before / now.
+does), no optimizer step, so every step sees the same weights. Checks that both give the same gradients up to
+float rounding (the sums run in another order), then prints ms per step, median (min-max) over `--steps`
+steps, the ratio before / now, and the largest gradient difference relative to the gradient's scale.
 
     cd bench && ../.venv/bin/python update_step.py [--steps 30] [--networks resnet20 resnet56] [--threads 1]
 """
@@ -35,6 +37,7 @@ from graphprune.network.graph import topological_group_order
 from graphprune.network.search_eval import SearchEvaluator
 
 MINIBATCH = 64
+ROUNDING = 1e-4  # float32 sums in another order: far below this; a missing or extra gradient term: far above
 
 
 @contextmanager
@@ -70,15 +73,18 @@ def gradient_step(search: GatPpoSearch, batch: Batch, before: bool) -> tuple[flo
     return seconds, [p.grad.clone() if p.grad is not None else None for p in parameters]
 
 
-def measure(network: Network, steps: int) -> tuple[list[float], list[float]]:
+def measure(network: Network, steps: int) -> tuple[list[float], list[float], float]:
     model, groups, cost, graph, images, labels, calibration, scores = setup(network)
     evaluator = SearchEvaluator(model, groups, images, labels, calibration, recalibrate_bn=True)
     order = topological_group_order(graph.group_roots, graph.layer_names)
-    times = {True: [], False: []}
+    times, differences = {True: [], False: []}, []
     with tempfile.TemporaryDirectory(prefix="update_step_") as out_dir:
         search = GatPpoSearch(graph, order, cost, parse_target(TARGET), BudgetedEvaluator(evaluator, 1), scores,
                               AgentSettings(), seed=0, out_dir=out_dir)
         try:
+            with torch.no_grad():  # zero at the start, where no gradient would reach the encoder through the actor
+                for head in (search.algorithm.policy.actor.head, search.algorithm.policy.actor.group_head):
+                    head[-1].weight.normal_()
             rng = np.random.default_rng(0)
             for step in range(steps + 1):  # the first step of each warms up and is not counted
                 batch = random_states(search, MINIBATCH, rng)
@@ -88,11 +94,13 @@ def measure(network: Network, steps: int) -> tuple[list[float], list[float]]:
                         seconds, grads[before] = gradient_step(search, batch, before)
                     if step:
                         times[before].append(seconds)
-                if not all(_same(a, b) for a, b in zip(grads[True], grads[False], strict=True)):
-                    raise AssertionError(f"{network.name}: the gradients differ between before and now")
+                differences += [_difference(a, b) for a, b in zip(grads[True], grads[False], strict=True)]
         finally:
             search.close()
-    return times[True], times[False]
+    if max(differences) > ROUNDING:
+        raise AssertionError(f"{network.name}: the gradients differ between before and now by {max(differences):.1e} "
+                             "of their scale, more than float rounding")
+    return times[True], times[False], max(differences)
 
 
 @contextmanager
@@ -100,8 +108,13 @@ def _nothing():
     yield
 
 
-def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+def _difference(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+    """Largest |a - b| relative to the largest |a| (0 where both are None)."""
+    if a is None or b is None:
+        if a is None and b is None:
+            return 0.0
+        raise AssertionError("a parameter has a gradient in one encoder only")
+    return float((a - b).abs().max() / a.abs().max().clamp(min=1e-30))
 
 
 def spread(seconds: list[float]) -> str:
@@ -120,15 +133,15 @@ def main() -> None:
                 "resnet56": Network("CIFAR ResNet-56", ModelSpec("resnet56"), 64)}
     print(f"machine: {machine_summary()}")
     print(f"one gradient step on {MINIBATCH} random states, default agent settings, {args.steps} steps, "
-          f"{args.threads} thread(s); gradients bit-identical between before and now (checked every step)\n")
-    print("| network | before ms | now ms | before / now |")
-    print("|---|---|---|---|")
+          f"{args.threads} thread(s); gradients equal up to float rounding (checked every step)\n")
+    print("| network | before ms | now ms | before / now | largest gradient difference |")
+    print("|---|---|---|---|---|")
     for key in args.networks:
         network = networks[key]
-        before, now = measure(network, args.steps)
+        before, now, difference = measure(network, args.steps)
         ratios = [b / n for b, n in zip(before, now, strict=True)]
         print(f"| {network.name} | {spread(before)} | {spread(now)} | {statistics.median(ratios):.2f} "
-              f"({min(ratios):.2f}-{max(ratios):.2f}) |", flush=True)
+              f"({min(ratios):.2f}-{max(ratios):.2f}) | {difference:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

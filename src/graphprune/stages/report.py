@@ -61,9 +61,10 @@ PERCENT = {"search_top1", "reselect_top1", "search_drop", "reselect_drop", "test
 # Where methods are tested against each other: on the test split, before and after fine-tuning (never on the
 # search scores the searches maximised).
 RANKED = {"pruned": "test_top1_pruned", "finetuned": "test_top1_finetuned"}
-# The agent against its own priors (what PPO adds; what the L1 prior adds), where both ran.
+# The agent against its own priors, where both ran: what PPO adds, what the channel prior adds, and what the
+# contribution prior adds over the filter-L1 prior it replaced.
 AGENT = "gat_ppo"
-CONTROLS = ("gat_ppo_prior_only", "gat_ppo_no_prior")
+CONTROLS = ("gat_ppo_prior_only", "gat_ppo_no_prior", "gat_ppo_l1_prior")
 SIGNIFICANCE_LEVEL = 0.05
 
 
@@ -142,7 +143,7 @@ def best_method_tests(runs: pd.DataFrame) -> pd.DataFrame:
     """Per experiment, target and stage of RANKED (test top-1 pruned and fine-tuned), Welch's t-tests (two-sided)
     of per-seed accuracies: the method with the highest mean against the runner-up; where gat_ppo ran, gat_ppo
     against the best method that is not a gat_ppo variant (its strongest rival) and against each of its
-    CONTROLS (what PPO and the L1 prior add). `significant` is p < SIGNIFICANCE_LEVEL; with fewer than two
+    CONTROLS (what PPO and its priors add). `significant` is p < SIGNIFICANCE_LEVEL; with fewer than two
     seeds on either side, or no spread at all, p is NaN and nothing is significant."""
     rows = []
     for (experiment, target), panel in runs.groupby(["experiment", "target"], sort=False):

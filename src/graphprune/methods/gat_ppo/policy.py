@@ -64,30 +64,6 @@ class JointBernoulli(IndependentBernoulli):
         return self.base_dist.entropy().sum(-1)
 
 
-class _TwoReaders(torch.autograd.Function):
-    """`compute()` (a function of `parameters`) computed once and handed out twice. Each copy's gradient goes
-    back through a backward pass of its own, and a parameter's gradient is the sum of the two: what two
-    separate passes give, bit for bit (a sum of two terms does not depend on their order), for one forward."""
-
-    @staticmethod
-    def forward(ctx, compute, *parameters):
-        with torch.enable_grad():
-            result = compute()
-        ctx.result, ctx.parameters = result, parameters
-        ctx.set_materialize_grads(False)  # a copy nobody used sends None: no backward pass for it
-        return result.detach(), result.detach().clone()
-
-    @staticmethod
-    def backward(ctx, *copy_grads):
-        total = [None] * len(ctx.parameters)
-        for grad in copy_grads:
-            if grad is None:
-                continue
-            parts = torch.autograd.grad(ctx.result, ctx.parameters, grad, retain_graph=True, allow_unused=True)
-            total = [p if t is None else t if p is None else t + p for t, p in zip(total, parts, strict=True)]
-        return None, *total
-
-
 class GraphEncoder(nn.Module):
     """Node embeddings of a batch of states of one network graph.
 
@@ -163,9 +139,8 @@ class GraphEncoder(nn.Module):
         weights only, not on the state:
         - without gradients (collecting episodes) the result is reused until `forget_static()`, which the
           training loop calls after each update;
-        - with gradients, a PPO minibatch asks twice with the same weights (actor, then critic): one forward
-          pass serves both, and each reader's gradient still goes back through a backward pass of its own
-          (`_TwoReaders`), so the weights' gradients are bit for bit those of two separate passes.
+        - with gradients, a PPO minibatch asks twice with the same weights (actor, then critic): both get the one
+          pass, so the two losses' gradients meet at its output and go back through it once.
         """
         if not torch.is_grad_enabled():
             if self._static_cache is None:
@@ -177,12 +152,9 @@ class GraphEncoder(nn.Module):
             embedding = self._second_reader[1]
             self._second_reader = None
             return embedding
-        first, second = _TwoReaders.apply(self._attend, *self._static_parameters())
-        self._second_reader = (weights, second)
-        return first
-
-    def _static_parameters(self) -> list[nn.Parameter]:
-        return [*self.input.parameters(), *self.layers.parameters(), *self.norms.parameters()]
+        embedding = self._attend()
+        self._second_reader = (weights, embedding)
+        return embedding
 
     def forget_static(self) -> None:
         self._static_cache = None
