@@ -51,7 +51,7 @@ from graphprune.train import TrainRecipe, resolve_device, train
 
 log = logging.getLogger(__name__)
 
-IMAGE_FOLDER_PREFIX = "imagefolder:"  # also in commands/prune.py, which must not import torch for --help
+IMAGE_FOLDER_PREFIX = "imagefolder:"  # --data imagefolder:DIR (your own images)
 
 
 @dataclass(frozen=True)
