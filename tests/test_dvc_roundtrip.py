@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from graphprune.cli import main
-from graphprune.commands.restore import tool
+from graphprune.restore import tool
 
 pytestmark = pytest.mark.slow
 

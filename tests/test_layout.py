@@ -26,6 +26,10 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     # The top-level foundation: used by the layers above, it uses none of the pipeline, the API or the CLI.
     **{module: frozenset({"stages", "commands", "api", "cli"})
        for module in ("atomic", "checkpoint", "config", "errors", "paths", "recipe", "train")},
+    # The search builder serves the search stage and the API, so it uses neither; `restore` drives dvc/snakemake.
+    "search_setup": frozenset({"stages", "commands", "api", "cli"}),
+    "restore": frozenset({"stages", "commands", "api", "cli"}),
+    "prune_job": frozenset({"stages", "commands", "cli"}),  # the prune command's work, on top of the API
 }
 # The command line is only ever entered through pyproject's entry point (`graphprune = graphprune.cli:main`)
 # or `python -m graphprune.cli`: no module imports it.
@@ -140,6 +144,16 @@ def test_the_layers_exist():
     """A rule about a subpackage that is not there would pass for nothing."""
     areas = {area(module) for module in module_files()}
     assert set(FORBIDDEN) | {ENTRY_POINT, "api", "commands"} <= areas
+
+
+def test_one_builder_assembles_every_search():
+    """The search stage, the API and the prune command's job assemble a search through `search_setup` alone, so
+    their search images, calibration batches and method contexts cannot drift apart (tests/test_search_setup.py
+    checks the images themselves)."""
+    edges = imports()
+    for user in ("graphprune.stages.search", "graphprune.api", "graphprune.prune_job"):
+        assert "graphprune.search_setup" in edges[user], user
+        assert "graphprune.network.search_eval" not in edges[user], f"{user} draws search images itself"
 
 
 def test_modules_named_in_strings_exist():

@@ -33,12 +33,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from graphprune.config import dataset_settings, finetune_recipe, search_settings, stable_hash
 from graphprune.data.splits import dataset_info, hold_out, image_folder, load_splits, search_count
 from graphprune.errors import GraphpruneError
-from graphprune.methods import MethodContext, get_method
 from graphprune.methods.base import DEFAULT_EVALUATIONS
 from graphprune.models import ModelSpec
-from graphprune.network.cost import CostModel, parse_target
 from graphprune.network.evaluate import evaluation_mode
-from graphprune.network.latency import latency_model, measure_latency, torch_threads
+from graphprune.network.latency import measure_latency, torch_threads
 from graphprune.network.pruning import (
     ChannelGroups,
     Mask,
@@ -48,15 +46,12 @@ from graphprune.network.pruning import (
     prune_model,
     save_pruned,
 )
-from graphprune.network.search_eval import build_search_evaluator, materialize
+from graphprune.search_setup import ImageDraw, build_search, graph_from_training_images, parse_request
 from graphprune.train import TrainRecipe, resolve_device, train
 
 log = logging.getLogger(__name__)
 
-# Training images whose activations give the graph's activation features (as `graphprune graph` does).
-GRAPH_CALIBRATION_IMAGES = 64
-GRAPH_TOP_K = 8
-IMAGE_FOLDER_PREFIX = "imagefolder:"  # also in commands/prune.py, which must not import torch for --help
+IMAGE_FOLDER_PREFIX = "imagefolder:"  # --data imagefolder:DIR (your own images)
 
 
 @dataclass(frozen=True)
@@ -193,42 +188,37 @@ def prune(
     """
     start = time.perf_counter()
     phases = PhaseClock()
-    budget = parse_target(target)
-    pruning_method = get_method(method)  # before any tracing: a misspelt name or setting fails at once
-    method_settings = pruning_method.parse_settings(settings)
+    request = parse_request(method, target, settings)  # before any tracing: a misspelt name or setting fails at once
     prune_data = _as_prune_data(data)
-    if prune_data is None and (pruning_method.needs_evaluator or pruning_method.needs_graph):
+    if prune_data is None and (request.method.needs_evaluator or request.method.needs_graph):
         raise GraphpruneError(f"method {method} scores masks on held-out images: pass data=PruneData(train, "
                               "search) or a dataset to split (the CLI: --data)")
     defaults = search_settings({"latency": dict(latency or {})}, source="graphprune.prune")
     torch_device = resolve_device(device)
     model = _working_copy(model, torch_device)  # the caller's model is never touched (mode, device, hooks)
-    with phases("trace"):
-        input_shape = _input_shape(model, example_inputs)
-        groups = _channel_groups(model, input_shape, min_channels)
-        cost = CostModel(model, groups)
-        if budget.metric == "latency":
-            cost.with_latency(latency_model(model, groups, defaults["latency"]))
-        cost.check_feasible(budget)
-    evaluator = graph = None
-    if prune_data is not None:
+    input_shape = _input_shape(model, example_inputs)
+    search_set = train_set = draw = graph = None
+    if prune_data is not None:  # the user's images are checked before the network is traced
         _check_images(prune_data, input_shape)
-        evaluator = build_search_evaluator(
-            model, groups, prune_data.search, prune_data.train, search_images=_search_images(prune_data, search_images),
-            calibration_batches=defaults["calibration_batches"], calibration_batch_size=_calibration_batch_size(
-                prune_data, defaults), recalibrate_bn=defaults["recalibrate_bn"], seed=seed, device=torch_device)
-        if pruning_method.needs_graph:
-            with phases("graph"):
-                graph = _build_graph(model, groups, cost, prune_data.train, seed, torch_device)
+        search_set, train_set = prune_data.search, prune_data.train
+        draw = ImageDraw(_search_images(prune_data, search_images), 0, defaults["calibration_batches"],
+                         _calibration_batch_size(prune_data, defaults), defaults["recalibrate_bn"])
+        graph = graph_from_training_images(train_set, seed, torch_device)
+    setup = build_search(model, input_shape, min_channels=min_channels, search_set=search_set, train_set=train_set,
+                         draw=draw, seed=seed, device=torch_device, graph=graph, budget=request.budget,
+                         latency=defaults["latency"], phase=phases)
+    cost, groups, evaluator = setup.cost, setup.groups, setup.evaluator
+    if request.method.needs_graph:
+        with phases("graph"):
+            setup.graph  # noqa: B018 (built here, timed as its own phase)
 
     with tempfile.TemporaryDirectory(prefix="graphprune-") as scratch, phases("search"):
         out_dir = None
-        if pruning_method.needs_evaluator:  # searches keep a log (gat_ppo: a checkpoint to resume from)
+        if request.method.needs_evaluator:  # searches keep a log (gat_ppo: a checkpoint to resume from)
             out_dir = Path(work_dir) if work_dir is not None else Path(scratch)
             out_dir.mkdir(parents=True, exist_ok=True)
-        context = MethodContext(model, groups, cost, graph, evaluator, seed=seed, out_dir=out_dir,
-                                evaluations=evaluations)
-        result = pruning_method.search(context, budget, method_settings)
+        context = setup.context(request, seed=seed, out_dir=out_dir, evaluations=evaluations)
+        result = request.method.search(context, request.budget, request.settings)
     mask = result.mask
     with phases("prune"):
         pruned = prune_model(model, groups, mask).eval()
@@ -241,7 +231,7 @@ def prune(
                                   repeats=latency_repeats) if latency_batch_sizes else {}
     flops, params = cost.of_mask(mask)
     metrics = PruneMetrics(
-        method=method, target=str(budget), seed=seed, min_channels=min_channels, groups=len(groups),
+        method=method, target=str(request.budget), seed=seed, min_channels=min_channels, groups=len(groups),
         channels=sum(groups.sizes), channels_kept=sum(mask.counts), flops=flops, params=params,
         full_flops=cost.full_flops, full_params=cost.full_params, flops_ratio=flops / cost.full_flops,
         params_ratio=params / cost.full_params,
@@ -254,7 +244,7 @@ def prune(
         search_seconds=float(result.record["search_seconds"]), seconds=time.perf_counter() - start,
         phase_seconds=phases.seconds,
     )
-    log.info("%s %s: kept %.3f of FLOPs, %.3f of params%s in %.1f s", method, budget, metrics.flops_ratio,
+    log.info("%s %s: kept %.3f of FLOPs, %.3f of params%s in %.1f s", method, request.budget, metrics.flops_ratio,
              metrics.params_ratio, "" if metrics.search_top1 is None else f", search top-1 {metrics.search_top1:.4f}",
              metrics.seconds)
     return PruneResult(pruned, mask, metrics, result.record, groups, prune_data, spec)
@@ -364,20 +354,6 @@ def _input_shape(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, .
     return tuple(example_inputs.shape[1:])
 
 
-def _channel_groups(model: nn.Module, input_shape: tuple[int, ...], min_channels: int) -> ChannelGroups:
-    try:
-        groups = ChannelGroups(model, input_shape, min_channels)
-    except GraphpruneError:
-        raise
-    except Exception as exc:  # Torch-Pruning's tracer: say which model it could not follow
-        raise GraphpruneError(f"the dependency analysis (Torch-Pruning) cannot trace {type(model).__name__}: "
-                              f"{type(exc).__name__}: {exc}") from exc
-    if not len(groups):
-        excluded = "; ".join(f"{root}: {why}" for root, why in groups.excluded) or "no conv or linear layers"
-        raise GraphpruneError(f"{type(model).__name__} has no prunable channel group ({excluded})")
-    return groups
-
-
 def _check_images(data: PruneData, input_shape: tuple[int, ...]) -> None:
     for name, dataset in (("train", data.train), ("search", data.search)):
         if len(dataset) < 1:
@@ -402,13 +378,3 @@ def _calibration_batch_size(data: PruneData, defaults: Mapping[str, Any]) -> int
         raise GraphpruneError(f"data.train holds {len(data.train)} images; BN recalibration needs at least "
                               f"{defaults['calibration_batches']}")
     return size
-
-
-def _build_graph(model: nn.Module, groups: ChannelGroups, cost: CostModel, train_set: Dataset, seed: int,
-                 device: torch.device):
-    # torch-geometric: only for the methods that read the graph
-    from graphprune.network.graph import build_graph
-
-    images, _ = materialize(train_set, min(GRAPH_CALIBRATION_IMAGES, len(train_set)), GRAPH_CALIBRATION_IMAGES,
-                            seed, device)
-    return build_graph(model, groups, cost, images, top_k=GRAPH_TOP_K)

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 # that only trace layers (AMC, GNN-RL's group order) need not pay.
 
 GRAPH_FORMAT = "graphprune.graph/1"
+# How a graph is built by default (the `graph` stage and `graphprune.prune` alike): the strongest input-channel
+# edges kept per channel, and the training images whose activations give the activation features.
+TOP_K = 8
+CALIBRATION_IMAGES = 64
 
 NODE_TYPES = ("channel", "layer")
 CHANNEL_NODE, LAYER_NODE = 0, 1
@@ -253,7 +257,7 @@ def _stats(values: Tensor) -> dict:
 
 
 def build_graph(
-    model: nn.Module, groups: ChannelGroups, cost: CostModel, calibration_batch: Tensor, top_k: int | None = 8
+    model: nn.Module, groups: ChannelGroups, cost: CostModel, calibration_batch: Tensor, top_k: int | None = TOP_K
 ) -> NetworkGraph:
     """Build the graph of `model` (weights and BN as they are now; the model is left unchanged).
 

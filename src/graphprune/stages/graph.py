@@ -17,19 +17,16 @@ from graphprune.config import Config, Experiment
 from graphprune.data.splits import load_splits
 from graphprune.errors import GraphpruneError
 from graphprune.network.cost import CostModel
-from graphprune.network.graph import NetworkGraph, build_graph
+from graphprune.network.graph import CALIBRATION_IMAGES, TOP_K, NetworkGraph, build_graph
 from graphprune.network.pruning import ChannelGroups
 from graphprune.train import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOP_K = 8  # strongest input-channel edges kept per channel
-DEFAULT_CALIBRATION_SIZE = 64  # training images for the activation statistics
-
 
 def extract_graph(
-    config: Config, experiment: Experiment, *, device: str | None = None, top_k: int = DEFAULT_TOP_K,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    config: Config, experiment: Experiment, *, device: str | None = None, top_k: int = TOP_K,
+    calibration_size: int = CALIBRATION_IMAGES,
 ) -> NetworkGraph:
     """Build and write the graph of `experiment`'s baseline; returns it."""
     paths = config.paths(experiment.name)
@@ -52,7 +49,12 @@ def extract_graph(
 
 
 def calibration_batch(experiment: Experiment, size: int) -> torch.Tensor:
-    """[size, C, H, W] training images drawn with the experiment's seed (augmentations included, seeded too)."""
+    """[size, C, H, W] training images drawn with the experiment's seed (augmentations included, seeded too).
+
+    The same images as `search_setup.graph_from_training_images` (the API's graph) on a split without random
+    augmentation; on an augmented one the draws differ (here every global generator is seeded and no
+    DataLoader draws its base seed first). Kept apart so that no graph changes; one sampler for both is a
+    deliberate change of results (issue 26)."""
     if size < 1:
         raise GraphpruneError(f"the calibration batch needs at least one image, got {size}")
     train = load_splits(experiment.dataset).train

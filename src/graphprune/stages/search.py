@@ -1,15 +1,15 @@
 """Run one pruning method for one (experiment, target): the `search` stage of the pipeline.
 
-Loads the trained baseline, its channel groups, cost model, graph and a search-split evaluator, runs the
-method through the common interface, and writes the chosen mask (`mask.pt`) and the search record
-(`search/record.json`, with the mask's search accuracy). Never touches the test split.
+Loads the trained baseline and its search split, has `graphprune.search_setup` assemble the search (channel
+groups, cost model, search-split evaluators, the graph the `graph` stage wrote), runs the method, and writes
+the chosen mask (`mask.pt`) and the search record (`search/record.json`, with the mask's search accuracy).
+Never touches the test split.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +19,8 @@ from graphprune.checkpoint import atomic_write_json, load_model
 from graphprune.config import Config, Experiment, SearchSettings
 from graphprune.data.splits import load_splits
 from graphprune.errors import GraphpruneError
-from graphprune.methods.base import MethodContext, get_method
-from graphprune.network.cost import CostModel, parse_target
-from graphprune.network.latency import latency_model
-from graphprune.network.pruning import ChannelGroups, save_mask
-from graphprune.network.search_eval import SearchEvaluator, build_search_evaluators
+from graphprune.network.pruning import save_mask
+from graphprune.search_setup import ImageDraw, SearchSetup, build_search, parse_request
 from graphprune.train import resolve_device
 
 if TYPE_CHECKING:
@@ -33,29 +30,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PruningSetup:
-    """Everything a method needs for one experiment, built once."""
+class PruningSetup(SearchSetup):
+    """A search setup of one experiment's baseline (built by `search_setup.build_search`), with its experiment."""
 
-    experiment: Experiment
-    model: torch.nn.Module
-    groups: ChannelGroups
-    cost: CostModel
-    evaluator: SearchEvaluator
-    graph_file: Path  # written by `graphprune graph`
-    reselect: SearchEvaluator | None = None  # held-out search images for the final choice (search.reselect_*)
-
-    @cached_property
-    def graph(self) -> NetworkGraph | None:
-        """The network graph, if built; read on first use (loading it imports torch-geometric, ~3 s), so the
-        methods that do not read it never pay for it."""
-        from graphprune.network.graph import NetworkGraph
-
-        if not self.graph_file.exists():
-            return None
-        graph = NetworkGraph.load(self.graph_file)
-        if tuple(graph.group_sizes) != self.groups.sizes:
-            raise GraphpruneError(f"{self.graph_file} was built for another network; rerun `graphprune graph`")
-        return graph
+    experiment: Experiment = field(kw_only=True)
 
 
 def load_setup(config: Config, experiment: Experiment, device: str | None = None,
@@ -67,17 +45,28 @@ def load_setup(config: Config, experiment: Experiment, device: str | None = None
     checkpoint = load_model(paths.baseline_model())
     torch_device = resolve_device(device or config.device)
     model = checkpoint.model.to(torch_device)
-    groups = ChannelGroups(model, checkpoint.spec.input_shape, min_channels=experiment.search.min_channels)
-    cost = CostModel(model, groups)
     splits = load_splits(experiment.dataset)
     s = experiment.search
-    evaluator, reselect = build_search_evaluators(
-        model, groups, splits.search, splits.train, search_images=s.search_images,
-        reselect_images=reselect_images(s, len(splits.search)), calibration_batches=s.calibration_batches,
-        calibration_batch_size=s.calibration_batch_size, recalibrate_bn=s.recalibrate_bn,
-        seed=experiment.seed if seed is None else seed, device=torch_device,
-    )
-    return PruningSetup(experiment, model, groups, cost, evaluator, Path(paths.graph()), reselect)
+    draw = ImageDraw(s.search_images, reselect_images(s, len(splits.search)), s.calibration_batches,
+                     s.calibration_batch_size, s.recalibrate_bn)
+    graph_file = Path(paths.graph())  # written by `graphprune graph`
+    setup = build_search(model, checkpoint.spec.input_shape, min_channels=s.min_channels, search_set=splits.search,
+                         train_set=splits.train, draw=draw, seed=experiment.seed if seed is None else seed,
+                         device=torch_device, graph=lambda built: read_graph(graph_file, built.groups.sizes))
+    # The stage's setup also names its experiment (run_search reads its settings from it).
+    return PruningSetup(**{f.name: getattr(setup, f.name) for f in fields(setup)}, experiment=experiment)
+
+
+def read_graph(graph_file: Path, group_sizes: tuple[int, ...]) -> NetworkGraph | None:
+    """The graph `graphprune graph` wrote for this baseline, None if it has not run."""
+    from graphprune.network.graph import NetworkGraph
+
+    if not graph_file.exists():
+        return None
+    graph = NetworkGraph.load(graph_file)
+    if tuple(graph.group_sizes) != group_sizes:
+        raise GraphpruneError(f"{graph_file} was built for another network; rerun `graphprune graph`")
+    return graph
 
 
 def reselect_images(search: SearchSettings, search_split: int) -> int:
@@ -88,40 +77,28 @@ def reselect_images(search: SearchSettings, search_split: int) -> int:
     return search.reselect_images if search.reselect_images is not None else search_split // 3
 
 
-def _held_out_share(setup: PruningSetup) -> float:
-    """The held-out images' share of all search-split images the final choice sees (0 without reselection)."""
-    if setup.reselect is None:
-        return 0.0
-    held_out = len(setup.reselect.labels)
-    return held_out / (held_out + len(setup.evaluator.labels))
-
-
 def run_search(config: Config, setup: PruningSetup, method: str, target: str, seed: int) -> dict[str, Any]:
     """Choose a mask with `method` (a registry or variant name) under `target`, seeded by `seed`; write mask.pt
     and search/record.json; return the record."""
     experiment = setup.experiment
     if method not in experiment.methods:
         log.warning("method %s is not in experiment %s's methods list", method, experiment.name)
-    paths = config.paths(experiment.name)
-    search_dir = Path(paths.search_dir(method, target, seed))
-    search_dir.mkdir(parents=True, exist_ok=True)
-    budget = parse_target(target)
-    if budget.metric == "latency" and setup.cost.latency is None:
-        setup.cost.with_latency(latency_model(setup.model, setup.groups, experiment.search.latency))
-    pruning_method = get_method(experiment.base_method(method))
-    graph = setup.graph if pruning_method.needs_graph else None
-    context = MethodContext(setup.model, setup.groups, setup.cost, graph, setup.evaluator, seed=seed,
-                            out_dir=search_dir, evaluations=experiment.evaluations(method),
-                            reselect=setup.reselect, reselect_candidates=experiment.search.reselect_candidates,
-                            reselect_weight=_held_out_share(setup))
     settings = experiment.method_settings(method)
     if experiment.base_method(method) == "gat_ppo_transfer":  # a configured agent is read from its results
         settings["agent"] = config.agent_file(settings["agent"])
-    result = pruning_method.search(context, budget, settings)
+    request = parse_request(experiment.base_method(method), target, settings)
+    paths = config.paths(experiment.name)
+    search_dir = Path(paths.search_dir(method, target, seed))
+    search_dir.mkdir(parents=True, exist_ok=True)
+    setup.price(request.budget, experiment.search.latency)
+    context = setup.context(request, seed=seed, out_dir=search_dir, evaluations=experiment.evaluations(method),
+                            reselect_candidates=experiment.search.reselect_candidates)
+    result = request.method.search(context, request.budget, request.settings)
     # search_top1: the chosen mask on the search images, a maximum over the masks scored (selection bias);
     # reselect_top1, where present: the result on held-out search images (unbiased when reselect_candidates is 1).
     record = {**result.record, "method": method, "base_method": experiment.base_method(method), "seed": seed,
-              "search_top1": setup.evaluator(result.mask), "search_images": len(setup.evaluator.labels), "settings": settings, "threads": torch.get_num_threads(),
+              "search_top1": setup.evaluator(result.mask), "search_images": len(setup.evaluator.labels),
+              "settings": settings, "threads": torch.get_num_threads(),
               "kept_per_group": list(result.mask.counts), "group_sizes": list(setup.groups.sizes),
               "group_roots": list(setup.groups.roots)}
     save_mask(paths.mask(method, target, seed), result.mask, setup.groups)
