@@ -85,10 +85,11 @@ METHODS = ["l1_uniform", "depgraph", "global_bn", "l1_ratio_search", "depgraph_r
 # Variants as configs/fashion-resnet20.yaml defines them: (registered method, its settings).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gat_ppo_prior_only": ("gat_ppo", {"learn": False}),  # the untrained policy: what PPO adds
-    "gat_ppo_no_prior": ("gat_ppo", {"policy": {"prior_strength": 0.0}}),  # no L1 prior: what the prior adds
-    # the prior on what a channel adds downstream instead of its filter's magnitude (issue 24)
-    "gat_ppo_contribution": ("gat_ppo", {"policy": {"prior_score": "contribution"}}),
-    "gat_ppo_contribution_prior_only": ("gat_ppo", {"learn": False, "policy": {"prior_score": "contribution"}}),
+    "gat_ppo_no_prior": ("gat_ppo", {"policy": {"prior_strength": 0.0}}),  # no channel prior: what it adds
+    # the filter-L1 prior (the default until 2026-12-06) instead of what a channel adds downstream
+    "gat_ppo_l1_prior": ("gat_ppo", {"policy": {"prior_score": "filter_l1"}}),
+    # the defaults of 2026-12-05 (filter-L1 prior, 64-state minibatches), as the tables of that day ran them
+    "gat_ppo_20261205": ("gat_ppo", {"policy": {"prior_score": "filter_l1"}, "batch_size": 64}),
 }
 
 

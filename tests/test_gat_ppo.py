@@ -348,11 +348,11 @@ def test_method_interface_returns_feasible_mask_and_record(toy, tmp_path, policy
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
 
 
-# (log-probability of a step, least ratio prune_dead / prune_live, least difference): the joint log-probability
-# (the default) bounds each update by the whole step, so per-channel preferences grow more slowly (measured:
-# 0.44 vs 0.31 at this budget, against 2x with the per-bit mean). Both with PPO's usual clip of 0.2: the default
-# 0.5 lets the per-bit mean's shift of every bit at once through (the multiplier went to its cap; docs/AGENT.md).
-LEARNING_BARS = {"mean": (2.0, 0.2), "joint": (1.3, 0.1)}
+# (log-probability of a step, least ratio prune_dead / prune_live, least difference), with PPO's usual clip of 0.2.
+# Only the joint log-probability (the default) is held to a bar: over seeds 0-5 of this test it pruned dead
+# channels 1.64-2.30x as often as live ones, while the per-bit mean ranged from 1.02x to 4.48x (median 1.2; its
+# shift of every bit at once gets through the clip, docs/AGENT.md), so one seed of it says nothing either way.
+LEARNING_BARS = {"joint": (1.3, 0.1)}
 
 
 @pytest.mark.parametrize("log_prob", list(LEARNING_BARS))
