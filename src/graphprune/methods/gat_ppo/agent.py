@@ -172,8 +172,7 @@ class GatPpoSearch:
                 break
             before, evaluated = (self.best[0] if self.best else None), evaluator.masks_evaluated
             # The last iteration runs only as many episodes as evaluations are left, so no search overshoots.
-            self.iterate(min(s.episodes_per_iteration, evaluator.remaining))
-            self.seconds = time.perf_counter() - started
+            self.iterate(min(s.episodes_per_iteration, evaluator.remaining), started=started)
             self.save_checkpoint()
             if self.best and self.best[0] != before:
                 best_iteration = self.iteration
@@ -278,9 +277,10 @@ class GatPpoSearch:
         mask = Mask.from_keep_flags(np.split(flags, self.layout.offsets[1:]))
         return mask, float(info["search_top1"]), probabilities
 
-    def iterate(self, episodes: int) -> None:
+    def iterate(self, episodes: int, started: float | None = None) -> None:
         """One iteration: collect `episodes` episodes, reward them, update the multiplier, margin and (when
-        learning) the policy by PPO."""
+        learning) the policy by PPO. `started`: the perf_counter reading the search's wall time counts from
+        (what `seconds` and the checkpoint report); None leaves `seconds` as it is."""
         s = self.settings
         greedy_top1 = self._look_at_the_policy()
         t0 = time.perf_counter()
@@ -307,6 +307,8 @@ class GatPpoSearch:
         self.multiplier.update(np.asarray(overshoots))
         self.envs.set_env_attr("budget_margin", self.margin.update(np.asarray(overshoots)))
         self.iteration += 1
+        if started is not None:
+            self.seconds = time.perf_counter() - started
 
     def _look_at_the_policy(self) -> float:
         """Run the greedy policy when due (or when repair needs its keep probabilities): its search accuracy (NaN

@@ -102,8 +102,7 @@ class SharedAgentTrainer:
             for search in self.searches:
                 if search is not previous:
                     search.share_from(previous)
-                search.iterate(self.settings.episodes_per_iteration)
-                search.seconds = time.perf_counter() - started
+                search.iterate(self.settings.episodes_per_iteration, started=started)
                 previous = search
                 progress.update(1)
                 progress.set_postfix(task=search.out_dir.name, sampled=f"{search.iteration_rows[-1]['sampled_mean']:.3f}")
