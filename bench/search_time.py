@@ -27,21 +27,16 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from common import machine_summary, trained_setup  # noqa: E402
 
-from graphprune.methods.base import get_method  # noqa: E402
-from graphprune.network.cost import parse_target  # noqa: E402
+from graphprune.search_setup import parse_request  # noqa: E402
 
 METHODS = ("gat_ppo", "l1_ratio_search")
 
 
 def one_search(setup, experiment, method: str, target: str, seed: int, out_dir: Path) -> dict:
     """The search record of `method` (the experiment's settings for it) on `setup`, written under `out_dir`."""
-    from graphprune.methods.base import MethodContext
-
-    pruning_method = get_method(method)
-    context = MethodContext(setup.model, setup.groups, setup.cost, setup.graph if pruning_method.needs_graph else None,
-                            setup.evaluator, seed=seed, out_dir=out_dir, evaluations=experiment.evaluations(method))
-    result = pruning_method.search(context, parse_target(target), experiment.method_settings(method))
-    return result.record
+    request = parse_request(method, target, experiment.method_settings(method))
+    context = setup.context(request, seed=seed, out_dir=out_dir, evaluations=experiment.evaluations(method))
+    return request.method.search(context, request.budget, request.settings).record
 
 
 def main() -> None:
