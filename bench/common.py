@@ -37,13 +37,15 @@ def l1_uniform_mask(model: nn.Module, groups: ChannelGroups, cost: CostModel, bu
 
 
 def trained_setup(config_path: str, experiment_name: str):
-    """(experiment, PruningSetup, test scorer) of a config's experiment, pretraining its baseline if absent.
+    """(experiment, PruningSetup, test scorer) of a config's experiment, pretraining its baseline and building
+    its graph if absent (as the pipeline's `pretrain` and `graph` stages would).
 
     The test scorer is a SearchEvaluator on the test split with the search's BN recalibration: benchmarks
     report test accuracy of masks before fine-tuning with it (searches never see it)."""
     from graphprune.config import load_config
     from graphprune.data.splits import load_splits
     from graphprune.network.search_eval import build_search_evaluator
+    from graphprune.stages.graph import extract_graph
     from graphprune.stages.pretrain import pretrain
     from graphprune.stages.search import load_setup
 
@@ -51,6 +53,8 @@ def trained_setup(config_path: str, experiment_name: str):
     experiment = config.experiment(experiment_name)
     if not Path(config.paths(experiment.name).baseline_model()).exists():
         pretrain(config, experiment)
+    if not Path(config.paths(experiment.name).graph()).exists():
+        extract_graph(config, experiment)
     setup = load_setup(config, experiment)
     splits = load_splits(experiment.dataset)
     s = experiment.search

@@ -569,3 +569,35 @@ def test_untrained_contribution_policy_prunes_the_ignored_channels_first(tmp_pat
     mask = get_method("gat_ppo").search(context, parse_target("flops0.7"), settings).mask
     kept = set(mask.kept[groups.roots.index("features.0")])
     assert len(kept & set(range(6))) <= 1 < len(kept & set(range(6, 12)))
+
+
+@pytest.mark.parametrize("encoder", ["gat", "mlp", "mean_state"])
+def test_views_precomputed_once_per_update_give_every_minibatch_the_same_numbers(toy, tmp_path, encoder):
+    """What the update stores on its batch's observations (`precompute_views`: the diffused state at each step's
+    channels and the critic's pooling of it, diffused 128 states at a time) gives a shuffled minibatch exactly
+    the logits and values of diffusing the minibatch itself; the state encoders get nothing stored."""
+    model, groups, cost, evaluator, graph = toy
+    context = MethodContext(model, groups, cost, graph, evaluator)
+    search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.5"),
+                          BudgetedEvaluator(evaluator, 1), repair_scores(context),
+                          small_settings(policy={"encoder": encoder, "hidden": 32}), seed=0, out_dir=tmp_path)
+    policy, critic = search.algorithm.policy, search.algorithm.critic
+    rng = np.random.default_rng(1)
+    size = 300  # three chunks of the precomputation, the last one short
+    obs = Batch(kept=rng.integers(0, 2, (size, graph.num_channel_nodes)).astype(np.float32),
+                decided=rng.integers(0, 2, (size, graph.num_channel_nodes)).astype(np.float32),
+                budget=rng.random((size, len(BUDGET_FEATURES))).astype(np.float32),
+                step=rng.integers(0, len(groups), (size, 1)), keep_to_budget=rng.random((size, 1)))
+    rows = rng.permutation(size)[:128]
+    try:
+        def logits_and_values(states):
+            search.encoder.forget_static()
+            return policy(Batch(obs=states, info={})).logits.detach(), critic(states).detach()
+
+        expected = logits_and_values(obs[rows])
+        policy.actor.precompute_views(obs)
+        got = logits_and_values(obs[rows])
+    finally:
+        search.close()
+    assert (getattr(obs, "step_views", None) is None) == (encoder == "mean_state")
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

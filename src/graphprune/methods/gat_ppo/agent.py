@@ -15,6 +15,7 @@ import logging
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,7 @@ class GatPpoSearch:
             eps_clip=settings.eps_clip, ent_coef=settings.ent_coef, vf_coef=settings.vf_coef,
             gae_lambda=settings.gae_lambda, gamma=settings.gamma, max_grad_norm=settings.max_grad_norm,
             max_batchsize=settings.batch_size, target_kl=settings.target_kl,
+            prepare_observations=actor.precompute_views,
         ).to(device)
         steps = len(self.layout.steps)
         # Twice the room one iteration needs, so no sub-buffer ever wraps around.
@@ -447,9 +449,17 @@ class MeasuredPPO(PPO):
 
     last_stats: dict[str, float] = {}
 
-    def __init__(self, *, target_kl: float | None = None, **ppo_arguments):
+    def __init__(self, *, target_kl: float | None = None, prepare_observations: Callable[[Batch], None] | None = None,
+                 **ppo_arguments):
         super().__init__(**ppo_arguments)
         self.target_kl = target_kl
+        self.prepare_observations = prepare_observations  # adds what no weight touches to a batch's observations
+
+    def _preprocess_batch(self, batch, buffer, indices):
+        if self.prepare_observations is not None:  # once per update, before the first forward pass reads them
+            self.prepare_observations(batch.obs)
+            self.prepare_observations(batch.obs_next)
+        return super()._preprocess_batch(batch, buffer, indices)
 
     def _update_with_batch(self, batch, batch_size, repeat):
         """`repeat` epochs over the batch, stopped early once the approximate KL from the collecting policy

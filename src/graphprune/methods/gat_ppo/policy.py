@@ -249,6 +249,10 @@ class GraphEncoder(nn.Module):
 
         Only the requested nodes go through the combining MLP: the actor needs the W channels of the step.
         """
+        precomputed = _precomputed(obs, "step_views", nodes)
+        if precomputed is not None:  # the actor's minibatch in a PPO update (precompute_views)
+            return self.combine(torch.cat([self.static_embedding().index_select(0, nodes.reshape(-1))
+                                           .reshape(*nodes.shape, -1), precomputed], dim=-1)), self.budget(obs)
         dynamic, budget = self.state_views(obs)
         batch = dynamic.shape[0]
         if self.state_aware:
@@ -270,6 +274,30 @@ class GraphEncoder(nn.Module):
             joined = torch.cat([chosen.reshape(*nodes.shape, -1), picked], dim=-1)  # [B, W, H + D']
         return self.combine(joined), budget
 
+    @torch.no_grad()
+    def precompute_views(self, obs, nodes: Tensor) -> None:
+        """Store on `obs` (a Tianshou Batch of B states) what this encoder reads of them that no weight touches,
+        so that a PPO update, which reads every state `update_repeats` times, diffuses each state once: the
+        diffused state at `nodes` ([B, W] node ids; `step_views` [B, W, D']) and its mean and max over all
+        nodes (`pooled_views` [B, 2 D'], the critic's). The same numbers as computing them per minibatch
+        (tested); minibatches slice them with the rest of the batch. Not for the state encoders, which read
+        every node's state in their message passing."""
+        if self.state_aware or len(obs) == 0:
+            return
+        step_views, pooled = [], []
+        for start in range(0, len(obs), _PRECOMPUTE_CHUNK):  # [chunk, N, D'] at a time, as a minibatch is
+            dynamic, _ = self._diffuse(obs[start:start + _PRECOMPUTE_CHUNK])
+            chunk_nodes = nodes[start:start + _PRECOMPUTE_CHUNK]
+            step_views.append(torch.gather(dynamic, 1, chunk_nodes[..., None].expand(-1, -1, dynamic.shape[-1])))
+            pooled.append(torch.cat([dynamic.mean(1), dynamic.amax(1)], dim=-1))
+        obs.view_nodes = nodes
+        obs.step_views = torch.cat(step_views)
+        obs.pooled_views = torch.cat(pooled)
+
+    def budget(self, obs) -> Tensor:
+        """[B, K]: the budget features of the B states of `obs`."""
+        return torch.as_tensor(obs.budget, dtype=torch.float32, device=self.x_static.device)
+
     def state_views(self, obs) -> tuple[Tensor, Tensor]:
         """The state diffused over the graph: ([B, N, D'] = kept, decided, budget after 0..rounds hops, [B, K]).
 
@@ -288,7 +316,7 @@ class GraphEncoder(nn.Module):
         device = self.x_static.device
         kept = torch.as_tensor(obs.kept, dtype=torch.float32, device=device)  # [B, C]
         decided = torch.as_tensor(obs.decided, dtype=torch.float32, device=device)  # [B, C]
-        budget = torch.as_tensor(obs.budget, dtype=torch.float32, device=device)  # [B, K]
+        budget = self.budget(obs)  # [B, K]
         batch = kept.shape[0]
         state = torch.zeros(batch, self.num_nodes, 2, device=device)
         state[:, : self.num_channels, 0] = kept
@@ -300,6 +328,18 @@ class GraphEncoder(nn.Module):
             spread = torch.sparse.mm(self.mean_adjacency, flat)
             views.append(spread.reshape(self.num_nodes, batch, -1).permute(1, 0, 2))
         return torch.cat(views, dim=-1), budget
+
+
+# States diffused at once by precompute_views: the size of a default PPO minibatch, so its memory is one's.
+_PRECOMPUTE_CHUNK = 128
+
+
+def _precomputed(obs, name: str, nodes: Tensor | None = None) -> Tensor | None:
+    """The field `name` that `GraphEncoder.precompute_views` stored on `obs`, if it did (for these `nodes`)."""
+    stored = getattr(obs, name, None)
+    if stored is None or (nodes is not None and not torch.equal(obs.view_nodes, nodes)):
+        return None
+    return stored
 
 
 def _mean_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
@@ -351,6 +391,10 @@ class _StepActor(nn.Module):
         step = torch.as_tensor(obs.step, device=self.slot_nodes.device).long().reshape(-1)
         step = step.clamp(max=self.slot_nodes.shape[0] - 1)  # the terminal observation is never acted on
         return self.slot_nodes[step]
+
+    def precompute_views(self, obs) -> None:
+        """Diffuse the states of `obs` once for a PPO update (`GraphEncoder.precompute_views`)."""
+        self.encoder.precompute_views(obs, self.step_nodes(obs).clamp(min=0))
 
     def step_embeddings(self, obs) -> tuple[Tensor, Tensor, Tensor]:
         """(embeddings [B, W, H] of the step's channels, valid [B, W], budget [B, K])."""
@@ -442,11 +486,16 @@ class GraphCritic(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.ELU(), nn.Linear(hidden, 1))
 
     def forward(self, obs, state=None, info=None) -> Tensor:
-        dynamic, budget = self.encoder.state_views(obs)  # [B, N, D'], [B, K]
+        pooled_views = _precomputed(obs, "pooled_views")  # [B, 2 D'] in a PPO update (precompute_views)
+        if pooled_views is None:
+            dynamic, budget = self.encoder.state_views(obs)  # [B, N, D'], [B, K]
+            pooled_views = torch.cat([dynamic.mean(1), dynamic.amax(1)], dim=-1)
+        else:
+            budget = self.encoder.budget(obs)
         if self.encoder.state_aware:
             per_state = self.encoder.state_embedding(obs, dynamic)  # [N, B, H]
             pooled_static = torch.cat([per_state.mean(0), per_state.amax(0)], dim=-1)
         else:
             static = self.encoder.static_embedding()  # [N, H]
-            pooled_static = torch.cat([static.mean(0), static.amax(0)])[None].expand(dynamic.shape[0], -1)
-        return self.head(torch.cat([pooled_static, dynamic.mean(1), dynamic.amax(1), budget], dim=-1))
+            pooled_static = torch.cat([static.mean(0), static.amax(0)])[None].expand(budget.shape[0], -1)
+        return self.head(torch.cat([pooled_static, pooled_views, budget], dim=-1))
