@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import gymnasium as gym
 import numpy as np
@@ -47,7 +48,7 @@ class EpisodeLayout:
     def one_shot(cls, sizes: Sequence[int], order: Sequence[int]) -> EpisodeLayout:
         return cls(tuple(sizes), (tuple(order),))
 
-    @property
+    @cached_property  # read at every step of every episode
     def offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
 
@@ -60,7 +61,7 @@ class EpisodeLayout:
         offsets = self.offsets
         return np.concatenate([np.arange(offsets[g], offsets[g] + self.sizes[g]) for g in self.steps[t]])
 
-    @property
+    @cached_property
     def width(self) -> int:
         return max(len(self.step_channels(t)) for t in range(len(self.steps)))
 
@@ -211,9 +212,13 @@ class PruningEnv(gym.Env):
 
     def _counts_now(self, undecided_at: np.ndarray) -> np.ndarray:
         """Kept counts per group: decided groups as decided, the others at `undecided_at`."""
+        return self._counts_given_decisions()(undecided_at)
+
+    def _counts_given_decisions(self) -> Callable[[np.ndarray], np.ndarray]:
+        """`_counts_now` as a function of `undecided_at`, the decided groups counted once (bisection reuses it)."""
         counts = np.add.reduceat(self.kept.astype(np.int64), self._offsets)
         decided_groups = np.add.reduceat(self.decided.astype(np.int64), self._offsets) > 0
-        return np.where(decided_groups, counts, undecided_at)
+        return lambda undecided: np.where(decided_groups, counts, undecided)
 
     def _observation(self) -> dict:
         full = np.asarray(self.layout.sizes)
@@ -245,9 +250,10 @@ class PruningEnv(gym.Env):
 
         aim = Budget(self.budget.metric, max(self.budget.ratio - self.budget_margin, MIN_AIM))
 
+        counts_now = self._counts_given_decisions()
+
         def meets(q: float) -> bool:
-            return self.cost.meets(aim, self._counts_now(np.maximum(self._min_counts,
-                                                                    np.rint(q * sizes).astype(np.int64))))
+            return self.cost.meets(aim, counts_now(np.maximum(self._min_counts, np.rint(q * sizes).astype(np.int64))))
 
         if meets(1.0):
             return 1.0
