@@ -178,6 +178,32 @@ def test_budget_prior_starts_every_keep_probability_at_keep_to_budget(toy, tmp_p
         search.close()
 
 
+def test_ratio_actor_with_the_budget_prior_starts_at_keep_to_budget(toy, tmp_path):
+    """The `ratio` ablation gets the binary agent's budget prior: untrained, its Gaussian's mean is the keep
+    fraction q that lands the episode on the budget, at the first step and after an over-generous one; without
+    the prior it is sqrt(budget) at every step."""
+    model, groups, cost, evaluator, graph = toy
+    means = {}
+    for budget_prior in (True, False):
+        settings = small_settings(policy={"budget_prior": budget_prior, "action": "ratio"})
+        search = GatPpoSearch(graph, list(range(len(groups))), cost, parse_target("flops0.3"),
+                              BudgetedEvaluator(evaluator, 16), [np.ones(s) for s in groups.sizes], settings, seed=3,
+                              out_dir=tmp_path / str(budget_prior))
+        try:
+            env = search.make_env()
+            obs, _ = env.reset()
+            for _ in range(2):
+                with torch.no_grad():
+                    (mean, _), _ = search.algorithm.policy.actor(Batch({k: v[None] for k, v in obs.items()}))
+                means.setdefault(budget_prior, []).append((float(mean), float(obs["keep_to_budget"][0])))
+                obs, *_ = env.step(np.ones(1))  # keeps the whole group: less left for the rest
+        finally:
+            search.close()
+    (first, q_first), (second, q_second) = means[True]
+    assert q_second < q_first and first == pytest.approx(q_first, abs=1e-5) and second == pytest.approx(q_second, abs=1e-5)
+    assert [m for m, _ in means[False]] == pytest.approx([0.3 ** 0.5] * 2, abs=1e-5)
+
+
 def test_one_shot_layout_decides_everything_in_one_step(toy):
     _, groups, _, _, _ = toy
     layout = EpisodeLayout.one_shot(groups.sizes, range(len(groups)))

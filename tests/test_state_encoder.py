@@ -133,6 +133,25 @@ def test_settings_name_the_allowed_encoders():
         assert AgentSettings(policy={"encoder": name}).policy.encoder == name
 
 
+def test_the_graph_feature_ablation_hides_exactly_the_channel_statistics(graph):
+    """`channel_statistics: false` zeroes the weight and activation statistics of every node and nothing else;
+    the encoder's outputs then no longer depend on them."""
+    from graphprune.network.graph import CHANNEL_STATISTICS
+
+    torch.manual_seed(0)
+    seen = GraphEncoder(graph, PolicySettings())
+    torch.manual_seed(0)
+    hidden = GraphEncoder(graph, PolicySettings(channel_statistics=False))
+    columns = [graph.feature_names.index(name) for name in CHANNEL_STATISTICS]
+    assert len(columns) == 11 and (seen.x_static[:, columns] != 0).any()
+    assert (hidden.x_static[:, columns] == 0).all()
+    others = [i for i in range(seen.x_static.shape[1]) if i not in columns]
+    assert torch.equal(hidden.x_static[:, others], seen.x_static[:, others])
+    with torch.no_grad():
+        assert not torch.allclose(seen.static_embedding(), hidden.static_embedding())
+    assert AgentSettings(policy={"channel_statistics": False}).policy.channel_statistics is False
+
+
 @pytest.mark.parametrize("encoder", STATE_ENCODERS)
 def test_short_search_meets_the_budget(toy, tmp_path, encoder):
     model, groups, cost, evaluator, graph = toy

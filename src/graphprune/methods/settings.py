@@ -136,6 +136,9 @@ class PolicySettings:
     # Add logit(q) to every keep logit, q the keep fraction of the undecided groups that lands the mask on the
     # budget (recomputed at every step); false: a constant start at logit(sqrt(budget)) instead.
     budget_prior: bool = True
+    # False: the encoder does not see the channels' weight and activation statistics (graph.CHANNEL_STATISTICS
+    # zeroed; structure, cost saved and edges stay): the graph-feature ablation.
+    channel_statistics: bool = True
     log_prob: str = "joint"  # "mean" let a shift of every bit at once through the clip: the policy collapsed
 
     def __post_init__(self):

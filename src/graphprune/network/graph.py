@@ -76,7 +76,7 @@ STRUCTURE_FEATURES = (
     "groups_log",  # log2(conv groups) / largest
     "width_log",  # log2(output width) / largest
 )
-CHANNEL_FEATURES = (  # zero on layer nodes
+CHANNEL_STATISTICS = (  # what a channel's weights and activations say of it; zero on layer nodes
     "l1_norm",  # mean |w| of the root filter / the largest over all channels
     "l2_norm",  # root-mean-square of the root filter / the largest over all channels
     "l1_rank_in_group", "l1_rank_global",  # rank of l1_norm in [0, 1]; 1 = largest
@@ -84,6 +84,9 @@ CHANNEL_FEATURES = (  # zero on layer nodes
     "has_bn",  # 1 if a BatchNorm writes the group's channels
     "bn_gamma", "bn_beta",  # of the group's first BatchNorm, / the largest |value| over all channels
     "act_mean", "act_std",  # calibration batch, at that BN's output (else the root's), / largest |value|
+)
+CHANNEL_FEATURES = (  # zero on layer nodes
+    *CHANNEL_STATISTICS,
     # removing one channel of the group, as a fraction of the full network's, per analytic metric (flops, params)
     *(f"{name}_saved" for name, metric in METRICS.items() if metric.graph_feature),
 )

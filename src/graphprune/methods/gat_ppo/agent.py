@@ -120,7 +120,8 @@ class GatPpoSearch:
                                                                  for g in self.prior_scores])
         actor = (KeepActor(encoder, self.layout, budget.ratio, settings.policy.hidden, channel_prior=prior,
                            budget_prior=settings.policy.budget_prior) if binary
-                 else RatioActor(encoder, self.layout, budget.ratio, settings.policy.hidden))
+                 else RatioActor(encoder, self.layout, budget.ratio, settings.policy.hidden,
+                                 budget_prior=settings.policy.budget_prior))
         critic = GraphCritic(encoder, settings.policy.hidden)
         probe = make_env()
         self.encoder = encoder

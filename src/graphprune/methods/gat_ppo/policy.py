@@ -18,7 +18,7 @@ from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from graphprune.methods.gat_ppo.env import BUDGET_FEATURES, EpisodeLayout
 from graphprune.methods.settings import PolicySettings
-from graphprune.network.graph import NetworkGraph
+from graphprune.network.graph import CHANNEL_STATISTICS, NetworkGraph
 
 BUDGET_PRIOR_CLIP = 0.02  # the budget prior's keep fraction stays in [0.02, 0.98]: logits within +-3.9
 PADDED_LOGIT = -1e4  # not -inf: log-prob and entropy of padded slots must stay finite (docs/AGENT.md)
@@ -90,6 +90,8 @@ class GraphEncoder(nn.Module):
         data = graph.data
         static = data.x.float().clone()
         static[:, graph.dynamic_columns] = 0.0  # the state enters through the dynamic path only
+        if not settings.channel_statistics:
+            static[:, [graph.feature_names.index(name) for name in CHANNEL_STATISTICS]] = 0.0
         self.register_buffer("x_static", static)  # [N, F]
         self.register_buffer("edge_index", data.edge_index.long().clone())  # [2, E]
         self.register_buffer("edge_attr", data.edge_attr.float().clone())  # [E, A]
@@ -454,18 +456,27 @@ class RatioActor(_StepActor):
     """The `ratio` ablation: one keep ratio for the current group from its channels' pooled embeddings.
 
     forward(obs) -> ((mean [B, 1], std [B, 1]), state) of a Gaussian; the environment clips samples to [0, 1]
-    and keeps that fraction of the group's most important channels. Same encoder, same training loop.
+    and keeps that fraction of the group's channels, the highest `policy.prior_score` first (the binary agent's
+    channel prior, as a ranking). Same encoder, same training loop, same repair; with `budget_prior` the mean
+    starts at the keep fraction that lands the episode on the budget, as the binary agent's keep probabilities.
     """
 
-    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int):
-        super().__init__(encoder, layout, budget_ratio, hidden)  # the ratio action keeps the top-L1 channels
+    def __init__(self, encoder: GraphEncoder, layout: EpisodeLayout, budget_ratio: float, hidden: int,
+                 budget_prior: bool = False):
+        super().__init__(encoder, layout, budget_ratio, hidden)
         self.log_std = nn.Parameter(torch.full((1,), math.log(0.15)))
+        self.budget_prior = budget_prior
+        if budget_prior:
+            nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, obs, state=None, info=None) -> tuple[tuple[Tensor, Tensor], None]:
         chosen, valid, budget = self.step_embeddings(obs)
         weights = valid.float()[..., None]
         pooled = (chosen * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
-        mean = torch.sigmoid(self.head(torch.cat([pooled, budget], dim=-1)))  # [B, 1]
+        logit = self.head(torch.cat([pooled, budget], dim=-1))  # [B, 1]
+        if self.budget_prior:
+            logit = logit + _budget_logit(obs.keep_to_budget, logit.device)
+        mean = torch.sigmoid(logit)
         return (mean, self.log_std.exp().expand_as(mean)), state
 
 
