@@ -120,7 +120,7 @@ def test_welch_test_separates_a_real_lead_from_seed_noise():
     assert row["best"] == "b" and 0.05 < row["p_value"] <= 1 and not row["significant"]
 
 
-def test_the_agent_is_set_against_its_best_rival_and_its_own_priors():
+def test_the_agent_is_set_against_its_best_rival_and_each_of_its_variants():
     runs = pd.DataFrame([
         {"experiment": "e", "method": method, "target": "flops0.3", "seed": seed, **{name: 0.5 for name in VALUES},
          "test_top1_pruned": value + 0.01 * seed}
@@ -135,7 +135,9 @@ def test_the_agent_is_set_against_its_best_rival_and_its_own_priors():
     assert pruned.loc["gat_ppo vs best rival", ["best", "runner_up"]].tolist() == ["gat_ppo", "depgraph"]
     assert pruned.loc["gat_ppo vs gat_ppo_prior_only", "best_mean"] - pruned.loc[
         "gat_ppo vs gat_ppo_prior_only", "runner_up_mean"] == pytest.approx(0.10)
-    assert "gat_ppo vs gat_ppo_no_prior" not in pruned.index  # not run here
+    assert pruned.loc["gat_ppo vs gat_ppo_mlp", "runner_up"] == "gat_ppo_mlp"  # every variant that ran, by name
+    assert [c for c in pruned.index if c.startswith("gat_ppo vs gat_ppo")] == [
+        "gat_ppo vs gat_ppo_mlp", "gat_ppo vs gat_ppo_prior_only"]
 
 
 def test_a_missing_result_names_the_command_that_writes_it(finished_results):

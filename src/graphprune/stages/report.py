@@ -64,7 +64,6 @@ RANKED = {"pruned": "test_top1_pruned", "finetuned": "test_top1_finetuned"}
 # The agent against its own priors, where both ran: what PPO adds, what the channel prior adds, and what the
 # contribution prior adds over the filter-L1 prior it replaced.
 AGENT = "gat_ppo"
-CONTROLS = ("gat_ppo_prior_only", "gat_ppo_no_prior", "gat_ppo_l1_prior")
 SIGNIFICANCE_LEVEL = 0.05
 
 
@@ -143,7 +142,7 @@ def best_method_tests(runs: pd.DataFrame) -> pd.DataFrame:
     """Per experiment, target and stage of RANKED (test top-1 pruned and fine-tuned), Welch's t-tests (two-sided)
     of per-seed accuracies: the method with the highest mean against the runner-up; where gat_ppo ran, gat_ppo
     against the best method that is not a gat_ppo variant (its strongest rival) and against each of its
-    CONTROLS (what PPO and its priors add). `significant` is p < SIGNIFICANCE_LEVEL; with fewer than two
+    variants that ran (`gat_ppo_*`, by name: what PPO, its priors and its parts add). `significant` is p < SIGNIFICANCE_LEVEL; with fewer than two
     seeds on either side, or no spread at all, p is NaN and nothing is significant."""
     rows = []
     for (experiment, target), panel in runs.groupby(["experiment", "target"], sort=False):
@@ -153,7 +152,8 @@ def best_method_tests(runs: pd.DataFrame) -> pd.DataFrame:
             if AGENT in means.index:
                 rivals = [m for m in means.index if not m.startswith(AGENT)]
                 pairs.append(("gat_ppo vs best rival", AGENT, rivals[0] if rivals else None))
-                pairs += [(f"gat_ppo vs {control}", AGENT, control) for control in CONTROLS if control in means.index]
+                variants = sorted(m for m in means.index if m.startswith(f"{AGENT}_"))
+                pairs += [(f"gat_ppo vs {variant}", AGENT, variant) for variant in variants]
             for comparison, first, second in pairs:
                 p_value = _welch_p(panel, column, first, second)
                 rows.append({
