@@ -1,4 +1,4 @@
-"""The method registry's index (name -> module) and the modules agree."""
+"""The registries (methods, channel importances, resource metrics) and what a new entry needs."""
 
 import importlib
 
@@ -101,3 +101,47 @@ def test_a_new_importance_needs_its_function_and_one_index_line(monkeypatch):
     keep = FirstChannelsRatioSearch().channel_chooser(context)
     mask = keep(np.array([2, 3]), np.random.default_rng(0))
     assert [list(kept) for kept in mask.kept] == [[0, 1], [0, 1, 2]]
+
+
+# ------------------------------------------------------------------------------------------ resource metrics
+
+
+def kept_channels_price(cost, counts):
+    """A metric the package does not know: channels kept over all groups (the test's own price)."""
+    return float(counts.sum())
+
+
+def test_every_metric_names_a_price_that_exists():
+    from graphprune.network.budget import METRICS
+    from graphprune.network.cost import _price
+
+    for name, metric in METRICS.items():
+        assert callable(_price(name)) and metric.column == f"{name}_ratio"
+    with pytest.raises(GraphpruneError, match="unknown cost metric 'energy'; use one of flops, params, latency"):
+        _price("energy")
+
+
+def test_a_new_metric_needs_its_price_and_one_table_line(monkeypatch):
+    """Add a metric (its price above, its line in budget.METRICS), nothing else: its targets parse, a cost
+    model prices it, a ratio search meets a budget of it and records its ratio."""
+    import numpy as np
+    import torch
+    from conftest import self_labelled_search
+    from torch import nn
+
+    from graphprune.network import budget
+    from graphprune.search_setup import parse_request
+
+    monkeypatch.setitem(budget.METRICS, "channels", budget.ResourceMetric(
+        "channels", "channels", "channels kept over all groups", False, False, f"{__name__}:kept_channels_price"))
+    request = parse_request("l1_ratio_search", "channels0.5")
+    assert (request.budget.metric, request.budget.ratio) == ("channels", 0.5)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    groups, cost, evaluator, graph = self_labelled_search(model, torch.randn(64, 1, 6, 6), calibration_images=32)
+    assert cost.ratio("channels", np.array([3, 4])) == pytest.approx(7 / 14)
+    context = base.MethodContext(model, groups, cost, graph, evaluator, evaluations=8)
+    record = request.method.search(context, request.budget, request.settings).record
+    assert 0 < record["channels_ratio"] <= 0.5 and "flops_ratio" in record

@@ -28,7 +28,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.methods.index import available_methods
 from graphprune.methods.settings import METHOD_SETTINGS, parse_settings
 from graphprune.models.spec import ModelSpec
-from graphprune.network.budget import parse_target
+from graphprune.network.budget import METRICS, parse_target
 from graphprune.paths import ResultPaths, agent_path
 from graphprune.recipe import TrainRecipe
 
@@ -105,8 +105,8 @@ class Experiment:
 
     def search_hash(self, method: str, seed: int) -> str:
         """Changes exactly when a method's masks would change (baseline, shared search settings, its own, seed)."""
-        # The latency settings count only where a target is a latency budget: others never read them.
-        uses_latency = any(parse_target(target).metric == "latency" for target in self.targets)
+        # The latency settings count only where a target is a measured (latency) budget: others never read them.
+        uses_latency = any(METRICS[parse_target(target).metric].measured for target in self.targets)
         shared = {k: v for k, v in asdict(self.search).items() if k != "methods" and (k != "latency" or uses_latency)}
         shared["evaluations"] = self.evaluations(method)
         base = self.base_method(method)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from graphprune.errors import GraphpruneError
 from graphprune.methods.base import MethodContext, PruningMethod, get_method
-from graphprune.network.cost import Budget, CostModel, parse_target
+from graphprune.network.cost import METRICS, Budget, CostModel, parse_target
 from graphprune.network.latency import latency_model
 from graphprune.network.pruning import ChannelGroups
 from graphprune.network.search_eval import SearchEvaluator, build_search_evaluators, materialize
@@ -85,7 +85,7 @@ class SearchSetup:
     def price(self, budget: Budget, latency: Mapping[str, Any]) -> None:
         """Make `budget` priceable (a latency budget needs the timing table `latency` describes) and check that
         some mask meets it."""
-        if budget.metric == "latency" and self.cost.latency is None:
+        if METRICS[budget.metric].measured and self.cost.latency is None:
             self.cost.with_latency(latency_model(self.model, self.groups, latency))
         self.cost.check_feasible(budget)
 

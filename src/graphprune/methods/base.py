@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from graphprune.errors import GraphpruneError
 from graphprune.methods.index import DEFAULT_EVALUATIONS, METHOD_MODULES, available_methods  # noqa: F401 (re-exported)
 from graphprune.methods.settings import NoSettings, parse_settings
-from graphprune.network.cost import Budget, CostModel
+from graphprune.network.cost import METRICS, Budget, CostModel
 from graphprune.network.pruning import ChannelGroups, Mask
 
 # Bisection steps on a continuous scale of keep ratios; 2**-50 is far below one channel of any real network.
@@ -169,7 +169,7 @@ class PruningMethod(ABC):
             "method": self.name, "target": str(budget), "search_seconds": seconds, "notes": "", **result.record,
             "masks_evaluated": budgeted.masks_evaluated + rescored if budgeted else 0,
             "evaluations": context.evaluations if self.needs_evaluator else 0,
-            **{f"{metric}_ratio": context.cost.ratio(metric, counts) for metric in context.cost.priced_metrics},
+            **{METRICS[metric].column: context.cost.ratio(metric, counts) for metric in context.cost.priced_metrics},
         }
         return MethodResult(result.mask, record)
 

@@ -9,8 +9,10 @@ graphs.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,6 +87,7 @@ class CostModel:
         self.full_flops = self.flops(groups.sizes)
         self.full_params = self.params(groups.sizes)
         self.latency: Any = None  # a latency.LatencyModel, set by `with_latency` for latency budgets
+        self._full_amounts: dict[str, float] = {"flops": self.full_flops, "params": self.full_params}
 
     def _counts(self, counts: Sequence[int] | np.ndarray) -> np.ndarray:
         vector = np.asarray(counts, dtype=np.int64)
@@ -106,35 +109,27 @@ class CostModel:
         if tuple(latency.groups.sizes) != self.groups.sizes:
             raise GraphpruneError("the latency model was built for other channel groups than this cost model")
         self.latency = latency
+        self._full_amounts.pop("latency", None)
         return self
 
     @property
     def priced_metrics(self) -> tuple[str, ...]:
-        """The metrics this cost model can price now (latency only with a latency model)."""
-        return tuple(name for name in METRICS if name != "latency" or self.latency is not None)
+        """The metrics this cost model can price now (the measured ones, latency, only with their table)."""
+        return tuple(name for name, metric in METRICS.items() if not metric.measured or self.latency is not None)
 
     def amount(self, metric: str, counts: Sequence[int] | np.ndarray) -> float:
         """`metric` (a name in budget.METRICS) of the network pruned to `counts`, in its own unit."""
-        if metric == "flops":
-            return self.flops(counts)
-        if metric == "params":
-            return self.params(counts)
-        if metric == "latency":
-            return self._latency_model().seconds(self._counts(counts))
-        raise GraphpruneError(f"unknown cost metric {metric!r}; use one of {', '.join(METRICS)}")
+        return _price(metric)(self, self._counts(counts))
 
     def full_amount(self, metric: str) -> float:
-        """`metric` of the unpruned network (latency: as the tables predict it, so that ratios are 1 there)."""
-        if metric == "flops":  # the analytic totals are computed once, in __init__ (ratio is a hot path)
-            return self.full_flops
-        if metric == "params":
-            return self.full_params
-        return self.amount(metric, self.groups.sizes)
+        """`metric` of the unpruned network (latency: as the tables predict it, so that ratios are 1 there);
+        computed once per metric (ratio is a hot path)."""
+        if metric not in self._full_amounts:
+            self._full_amounts[metric] = self.amount(metric, self.groups.sizes)
+        return self._full_amounts[metric]
 
     def ratio(self, metric: str, counts: Sequence[int] | np.ndarray) -> float:
         """`metric` of the pruned network relative to the unpruned one."""
-        if metric == "latency":
-            return self._latency_model().ratio(self._counts(counts))
         return self.amount(metric, counts) / self.full_amount(metric)
 
     def _latency_model(self) -> Any:
@@ -162,6 +157,30 @@ class CostModel:
                 f"{smallest:.6f} of the {budget.metric} (the layers outside any group and the classifier stay "
                 f"whole); choose a ratio of at least {achievable:.4f} or lower min_channels"
             )
+
+
+def flops_price(cost: CostModel, counts: np.ndarray) -> float:
+    """The `flops` metric's price (budget.METRICS)."""
+    return cost._flops(counts)
+
+
+def params_price(cost: CostModel, counts: np.ndarray) -> float:
+    """The `params` metric's price (budget.METRICS)."""
+    return cost._params(counts)
+
+
+def latency_price(cost: CostModel, counts: np.ndarray) -> float:
+    """The `latency` metric's price (budget.METRICS): predicted seconds from the cost model's timing tables."""
+    return cost._latency_model().seconds(counts)
+
+
+@functools.cache
+def _price(metric: str) -> Callable[[CostModel, np.ndarray], float]:
+    """The price function `budget.METRICS[metric].price` names, imported once."""
+    if metric not in METRICS:
+        raise GraphpruneError(f"unknown cost metric {metric!r}; use one of {', '.join(METRICS)}")
+    module, _, function = METRICS[metric].price.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _flops_form(model: nn.Module, calls: list[LayerCall], sizes: np.ndarray) -> _QuadraticForm:
