@@ -6,7 +6,7 @@ import pytest
 
 from graphprune.errors import GraphpruneError
 from graphprune.methods import base
-from graphprune.methods.settings import METHOD_SETTINGS
+from graphprune.methods.settings import settings_type_of
 
 
 @pytest.mark.parametrize("name", sorted(base.METHOD_MODULES))
@@ -14,7 +14,7 @@ def test_every_indexed_method_registers_under_its_name(name):
     method = base.get_method(name)
     assert method.name == name
     assert isinstance(method, base.PruningMethod)
-    assert method.settings_type is METHOD_SETTINGS[name]  # the config checks settings with this table
+    assert method.settings_type is settings_type_of(name)  # the config checks settings with this table
 
 
 def test_every_registered_method_is_indexed():
@@ -145,3 +145,48 @@ def test_a_new_metric_needs_its_price_and_one_table_line(monkeypatch):
     context = base.MethodContext(model, groups, cost, graph, evaluator, evaluations=8)
     record = request.method.search(context, request.budget, request.settings).record
     assert 0 < record["channels_ratio"] <= 0.5 and "flops_ratio" in record
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+
+def test_a_new_method_needs_its_file_and_one_index_line(monkeypatch):
+    """A method the package does not know (keep the first channels of every group, at the largest uniform ratio
+    that meets the budget), registered in its own module (this one) plus its line in methods/index.py,
+    nothing else: a config names it and its variants, the search builder parses it, and it prunes to budget."""
+    import numpy as np
+    import torch
+    from conftest import self_labelled_search
+    from test_config import minimal_config
+    from torch import nn
+
+    from graphprune.config import config_from_dict
+    from graphprune.methods import index
+    from graphprune.network.pruning import Mask
+    from graphprune.search_setup import parse_request
+
+    monkeypatch.setitem(index.METHOD_MODULES, "first_channels", __name__)
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    @base.register("first_channels")
+    class FirstChannels(base.PruningMethod):
+        def choose(self, context, budget, settings):
+            counts = base.largest_scaled_counts(context.cost, budget, np.ones(len(context.groups)))
+            kept = tuple(tuple(range(int(c))) for c in counts)
+            return base.MethodResult(Mask(context.groups.sizes, kept), {"notes": "first channels"})
+
+    config = config_from_dict(minimal_config(methods=["first_channels", "first_variant"],
+                                             variants={"first_variant": {"method": "first_channels"}}))
+    assert config.experiment("exp").base_method("first_variant") == "first_channels"
+    request = parse_request("first_channels", "flops0.5")
+    with pytest.raises(GraphpruneError, match="settings of first_channels"):
+        parse_request("first_channels", "flops0.5", {"ratio": 0.3})  # it takes no settings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    groups, cost, evaluator, graph = self_labelled_search(model, torch.randn(64, 1, 6, 6), calibration_images=32)
+    result = request.method.search(base.MethodContext(model, groups, cost, graph, evaluator), request.budget,
+                                   request.settings)
+    assert result.record["method"] == "first_channels" and 0 < result.record["flops_ratio"] <= 0.5
+    assert all(list(kept) == list(range(len(kept))) for kept in result.mask.kept)

@@ -26,7 +26,7 @@ from graphprune.atomic import atomic_write_text
 from graphprune.data.datasets import DatasetInfo, DatasetSettings, dataset_info
 from graphprune.errors import GraphpruneError
 from graphprune.methods.index import available_methods
-from graphprune.methods.settings import METHOD_SETTINGS, parse_settings
+from graphprune.methods.settings import parse_settings, settings_type_of
 from graphprune.models.spec import ModelSpec
 from graphprune.network.budget import METRICS, parse_target
 from graphprune.paths import ResultPaths, agent_path
@@ -254,7 +254,7 @@ def validate(data: Any, definition: str, source: str) -> Any:
 def resolved_settings(base_method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting of a method as it will run, defaults filled in: what result hashes take, so that a changed
     default reruns the searches it changes and spelling out a default reruns nothing."""
-    return asdict(parse_settings(METHOD_SETTINGS[base_method], settings, f"settings of {base_method}"))
+    return asdict(parse_settings(settings_type_of(base_method), settings, f"settings of {base_method}"))
 
 
 def stable_hash(data: Any) -> str:
@@ -317,7 +317,7 @@ def _agent(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Experime
             raise GraphpruneError(f"{where}.budgets.{index}: {exc}") from exc
     agent = AgentTraining(name, tuple(raw["experiments"]), tuple(raw["budgets"]), raw["iterations"], raw["seed"],
                           raw["settings"])
-    settings = parse_settings(METHOD_SETTINGS["gat_ppo"], agent.settings, f"{where}.settings")
+    settings = parse_settings(settings_type_of("gat_ppo"), agent.settings, f"{where}.settings")
     if not settings.policy.budget_prior:
         raise GraphpruneError(f"{where}.settings.policy.budget_prior: a shared agent needs the budget prior (without "
                               "it the keep logits start at one budget's bias)")
@@ -346,7 +346,7 @@ def _check_method_settings(experiment: Experiment) -> None:
         base = experiment.base_method(method)
         where = (f"{prefix}.variants.{method}.settings (over search.methods.{base})" if method in experiment.variants
                  else f"{prefix}.search.methods.{method}")
-        parse_settings(METHOD_SETTINGS[base], experiment.method_settings(method), where)
+        parse_settings(settings_type_of(base), experiment.method_settings(method), where)
 
 
 def _check_methods(experiment: str, methods: list[str], settings: Mapping[str, Any],

@@ -255,13 +255,19 @@ class TransferSettings:
                                   "section or the path of an agent.pt")
 
 
-# Registry name -> settings type (the methods' `settings_type`; tests check the two agree).
+# Registry name -> settings type (the methods' `settings_type`; tests check the two agree). A method without
+# settings needs no line here (`settings_type_of`).
 METHOD_SETTINGS: dict[str, type] = {
     "random": NoSettings, "l1_uniform": NoSettings, "global_bn": NoSettings, "depgraph": NoSettings,
     "random_search": RatioSearchSettings, "l1_ratio_search": RatioSearchSettings,
     "depgraph_ratio_search": RatioSearchSettings,
     "amc": AmcSettings, "gnnrl": GnnRlSettings, "gat_ppo": AgentSettings, "gat_ppo_transfer": TransferSettings,
 }
+
+
+def settings_type_of(method: str) -> type:
+    """The settings type of the registered method `method` (NoSettings where METHOD_SETTINGS has no line)."""
+    return METHOD_SETTINGS.get(method, NoSettings)
 
 
 def parse_settings(settings_type: type, settings: Mapping[str, Any] | object | None, where: str) -> Any:
