@@ -69,7 +69,7 @@ def test_user_errors_exit_2_with_a_message(tiny_section, config_with, tmp_path, 
         config = config_with({name: section})
         stderr = expect_user_error(["pretrain", "--config", str(config), "--experiment", name], capsys)
         assert {
-            "bad-dataset": "experiments.bad-dataset.dataset.name: 'foo' is not one of ['digits'",
+            "bad-dataset": "experiments.bad-dataset.dataset.name: unknown dataset 'foo'; known datasets: digits",
             "bad-model": "unknown model 'resnet21'",
             "no-cifar": f"cifar10 not found under {tmp_path / 'empty'}",
         }[name] in stderr

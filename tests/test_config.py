@@ -3,7 +3,6 @@ import os
 import re
 
 import pytest
-import yaml
 from snakemake.utils import validate as snakemake_validate
 
 from graphprune.config import (
@@ -14,7 +13,6 @@ from graphprune.config import (
     validate,
     write_resolved_config,
 )
-from graphprune.data.splits import KNOWN_DATASETS
 from graphprune.errors import GraphpruneError
 from graphprune.methods.settings import METHOD_SETTINGS
 from graphprune.models import ModelSpec
@@ -53,16 +51,11 @@ def test_package_and_snakemake_read_the_same_schema_and_fill_the_same_defaults(r
     assert by_snakemake["experiments"]["exp"]["pretrain"]["batch_size"] == 128
 
 
-def test_schema_lists_exactly_the_loadable_datasets():
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    assert tuple(schema["$defs"]["dataset"]["properties"]["name"]["enum"]) == KNOWN_DATASETS
-
-
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"dataset": {"name": "foo"}},
-         "config: experiments.exp.dataset.name: 'foo' is not one of ['digits', 'cifar10', 'cifar100'"),
+         "experiments.exp.dataset.name: unknown dataset 'foo'; known datasets: digits, cifar10, cifar100"),
         ({"pretrain": {"epochs": 3, "lr": -1}}, "experiments.exp.pretrain.lr: -1 is less than or equal to"),
         ({"pretrain": {"lr": 0.1}}, "experiments.exp.pretrain: 'epochs' is a required property"),
         ({"pretrain": {"epochs": 3, "epoch": 4}},

@@ -12,11 +12,11 @@ from torchvision import transforms as T
 import graphprune.data.splits
 from graphprune.config import dataset_settings
 from graphprune.data.splits import (
+    DATASETS,
     FASHION_MNIST_DEBIAN_DIR,
     FASHION_MNIST_FILES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    KNOWN_DATASETS,
     DatasetInfo,
     dataset_info,
     digits_split_indices,
@@ -90,7 +90,33 @@ def test_unknown_dataset_lists_the_known_ones():
     settings = dataclasses.replace(dataset_settings({"name": "digits"}), name="mnist")
     with pytest.raises(GraphpruneError, match="unknown dataset 'mnist'; known datasets: digits, cifar10"):
         load_splits(settings)
-    assert set(KNOWN_DATASETS) == {"digits", "cifar10", "cifar100", "imagenet", "fashion_mnist", "fake"}
+    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "imagenet", "fashion_mnist", "fake"}
+
+
+def noise_splits(settings, info):
+    """A dataset the package does not know: seeded noise images with labels, split as the real ones are."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(60, *info.input_shape, generator=generator)
+    labels = torch.randint(0, info.num_classes, (60,), generator=generator)
+    train_pool = torch.utils.data.TensorDataset(images[:48], labels[:48])
+    test = torch.utils.data.TensorDataset(images[48:], labels[48:])
+    return graphprune.data.splits._split_train_pool(train_pool, test, None, None, settings, info)
+
+
+def test_a_new_dataset_needs_its_loader_and_one_table_line(monkeypatch):
+    """Add a dataset (its loader above, its line in datasets.DATASETS), nothing else: a config names it and a
+    model is sized for it, and its splits load, with the search split held out of training."""
+    from test_config import minimal_config
+
+    from graphprune.config import config_from_dict
+    from graphprune.data import datasets
+
+    monkeypatch.setitem(datasets.DATASETS, "noise", datasets.DatasetEntry(f"{__name__}:noise_splits", (3, 1, 6)))
+    experiment = config_from_dict(minimal_config(dataset={"name": "noise", "search_size": 12})).experiment("exp")
+    assert (experiment.model.num_classes, experiment.model.input_shape) == (3, (1, 6, 6))
+    splits = load_splits(experiment.dataset)
+    assert (len(splits.train), len(splits.search), len(splits.test)) == (36, 12, 12)
+    assert splits.train[0][0].shape == (1, 6, 6)
 
 
 @pytest.mark.parametrize(("name", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])

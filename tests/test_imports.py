@@ -70,7 +70,9 @@ def test_old_homes_re_export_the_torch_free_definitions():
     assert data.DatasetSettings is graphprune.data.datasets.DatasetSettings
     assert data.DatasetInfo is graphprune.data.datasets.DatasetInfo
     assert data.dataset_info is graphprune.data.datasets.dataset_info
-    assert data.KNOWN_DATASETS == tuple(data._LOADERS)
+    assert data.DATASETS is graphprune.data.datasets.DATASETS
+    for name in data.DATASETS:  # every entry names a loader that exists
+        assert callable(graphprune.data.datasets.dataset_loader(name))
     # The config checks names against the torch-free index; the registry must agree with it.
     assert base.METHOD_MODULES == graphprune.methods.index.METHOD_MODULES
 

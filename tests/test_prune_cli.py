@@ -59,7 +59,7 @@ def test_prune_takes_the_architecture_from_a_checkpoint(tmp_path):
     (["--method", "magic", "--target", "flops0.5"], "unknown pruning method 'magic'"),
     (["--method", "l1_uniform", "--target", "flops50"], "malformed budget target"),
     (["--method", "l1_uniform", "--target", "flops0.5", "--dataset-shape", "1,8,9"], "square inputs"),
-    (["--method", "l1_uniform", "--target", "flops0.5", "--data", "mnist"], "--data mnist: name: 'mnist' is not one"),
+    (["--method", "l1_uniform", "--target", "flops0.5", "--data", "mnist"], "--data mnist: name: unknown dataset 'mnist'; known datasets: digits"),
     (["--method", "l1_uniform", "--target", "flops0.5", "--data", "imagefolder:/no/such/dir"], "does not exist"),
     (["--method", "l1_uniform", "--target", "flops0.5", "--finetune-epochs", "1"], "--finetune-epochs needs --data"),
     (["--method", "amc", "--target", "flops0.5", "--settings", "[1]"], "--settings must be a JSON object"),

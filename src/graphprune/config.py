@@ -228,8 +228,18 @@ def finetune_recipe(overrides: Mapping[str, Any], source: str = "finetune") -> T
 
 
 def dataset_settings(raw: Mapping[str, Any], source: str = "dataset") -> DatasetSettings:
-    """DatasetSettings from a (possibly partial) dataset section, schema defaults filled in."""
-    return DatasetSettings(**validate(raw, "#/$defs/dataset", source))
+    """DatasetSettings from a (possibly partial) dataset section, schema defaults filled in; an unknown name
+    is an error that names `source` (the names are datasets.DATASETS, not a schema enum)."""
+    settings = DatasetSettings(**validate(raw, "#/$defs/dataset", source))
+    _known_dataset(settings, f"{source}: name")
+    return settings
+
+
+def _known_dataset(settings: DatasetSettings, where: str) -> DatasetInfo:
+    try:
+        return dataset_info(settings)
+    except GraphpruneError as error:
+        raise GraphpruneError(f"{where}: {error}") from None
 
 
 def search_settings(raw: Mapping[str, Any], source: str = "search") -> dict[str, Any]:
@@ -279,7 +289,7 @@ def write_resolved_config(data: Mapping[str, Any], directory: str | Path) -> str
 
 def _experiment(name: str, raw: Mapping[str, Any]) -> Experiment:
     dataset = DatasetSettings(**raw["dataset"])
-    info = dataset_info(dataset)
+    info = _known_dataset(dataset, f"experiments.{name}.dataset.name")
     model = ModelSpec(
         name=raw["model"]["name"],
         num_classes=info.num_classes,

@@ -6,21 +6,34 @@ so the config code can check dataset names and size models without importing tor
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from graphprune.errors import GraphpruneError
 
-# Every dataset `graphprune.data.splits` can load, in the order of the config schema's enum.
-KNOWN_DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "fashion_mnist", "fake")
 
-# (classes, input channels, input size) of the datasets whose shape is fixed; `fake` takes its shape from the
-# settings, and `imagenet` may be a subset with fewer classes.
-_FIXED_INFO = {
-    "digits": (10, 1, 8),
-    "cifar10": (10, 3, 32),
-    "cifar100": (100, 3, 32),
-    "imagenet": (1000, 3, 224),
-    "fashion_mnist": (10, 1, 28),
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset graphprune can load: `loader` names its function ("module:function", `(DatasetSettings,
+    DatasetInfo) -> splits.Splits`, imported on first load, so this table stays torch-free); `shape`: (classes,
+    input channels, input size), None where the settings give them (`fake`); `subsets`: the settings'
+    `num_classes` may lower the class count (an ImageNet subset)."""
+
+    loader: str
+    shape: tuple[int, int, int] | None
+    subsets: bool = False
+
+
+# Every dataset by name: a new one is its loader in a file of its own and one line here (the config checks
+# names against this table; the schema does not repeat it).
+DATASETS: dict[str, DatasetEntry] = {
+    "digits": DatasetEntry("graphprune.data.splits:digits_splits", (10, 1, 8)),
+    "cifar10": DatasetEntry("graphprune.data.splits:cifar_splits", (10, 3, 32)),
+    "cifar100": DatasetEntry("graphprune.data.splits:cifar_splits", (100, 3, 32)),
+    "imagenet": DatasetEntry("graphprune.data.splits:imagenet_splits", (1000, 3, 224), subsets=True),
+    "fashion_mnist": DatasetEntry("graphprune.data.splits:fashion_mnist_splits", (10, 1, 28)),
+    "fake": DatasetEntry("graphprune.data.splits:fake_splits", None),  # tests and speed benchmarks only
 }
 
 
@@ -58,17 +71,25 @@ class DatasetSettings:
     input_size: int
 
 
-def check_known_dataset(name: str) -> None:
-    if name not in KNOWN_DATASETS:
-        raise GraphpruneError(f"unknown dataset '{name}'; known datasets: {', '.join(KNOWN_DATASETS)}")
+def dataset_entry(name: str) -> DatasetEntry:
+    """The DATASETS entry `name`; a clear error naming the known ones otherwise."""
+    if name not in DATASETS:
+        raise GraphpruneError(f"unknown dataset '{name}'; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def dataset_loader(name: str) -> Callable:
+    """The function that loads dataset `name` (its entry's `loader`), imported now."""
+    module, _, function = dataset_entry(name).loader.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def dataset_info(settings: DatasetSettings) -> DatasetInfo:
     """Classes, channels and input size of a dataset, known without loading it."""
-    check_known_dataset(settings.name)
-    if settings.name == "fake":
-        return DatasetInfo("fake", settings.num_classes or 10, settings.in_channels, settings.input_size)
-    num_classes, in_channels, input_size = _FIXED_INFO[settings.name]
-    if settings.name == "imagenet" and settings.num_classes:
+    entry = dataset_entry(settings.name)
+    if entry.shape is None:
+        return DatasetInfo(settings.name, settings.num_classes or 10, settings.in_channels, settings.input_size)
+    num_classes, in_channels, input_size = entry.shape
+    if entry.subsets and settings.num_classes:
         num_classes = settings.num_classes
     return DatasetInfo(settings.name, num_classes, in_channels, input_size)

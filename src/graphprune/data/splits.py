@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 # The plain-data part (names, settings, shapes) lives in graphprune.data.datasets, without torch; re-exported
 # here.
-from graphprune.data.datasets import KNOWN_DATASETS as KNOWN_DATASETS
+from graphprune.data.datasets import DATASETS as DATASETS
 from graphprune.data.datasets import DatasetInfo as DatasetInfo
 from graphprune.data.datasets import DatasetSettings as DatasetSettings
-from graphprune.data.datasets import check_known_dataset
 from graphprune.data.datasets import dataset_info as dataset_info
+from graphprune.data.datasets import dataset_loader
 from graphprune.errors import GraphpruneError
 
 # torchvision is imported inside the loaders that need it: importing it takes ~2 s (it loads torch._dynamo),
@@ -65,8 +65,8 @@ class Splits:
 
 def load_splits(settings: DatasetSettings) -> Splits:
     """Load a dataset and split it; missing files raise a GraphpruneError that says how to get them."""
-    check_known_dataset(settings.name)
-    return _LOADERS[settings.name](settings, dataset_info(settings))
+    loader = dataset_loader(settings.name)
+    return loader(settings, dataset_info(settings))
 
 
 def make_loader(
@@ -184,7 +184,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
-def _digits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+def digits_splits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     pixels, targets = digits_arrays()
     images = torch.tensor(pixels, dtype=torch.float32).unsqueeze(1)  # [N, 1, 8, 8], values 0..16
     labels = torch.tensor(targets, dtype=torch.long)
@@ -199,7 +199,7 @@ def _digits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     return Splits(subset(train), subset(search), subset(test), info)
 
 
-def _cifar(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+def cifar_splits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     import torchvision
     from torchvision import transforms as T
     is_cifar10 = settings.name == "cifar10"
@@ -226,7 +226,7 @@ def _cifar(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     return _split_train_pool(train_pool, test_images, augment, T.Compose(normalize), settings, info)
 
 
-def _imagenet(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+def imagenet_splits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     import torchvision
     from torchvision import transforms as T
     root = Path(settings.root)
@@ -316,7 +316,7 @@ def _decompress_atomically(source: Path, target: Path) -> None:
         raise
 
 
-def _fashion_mnist(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+def fashion_mnist_splits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     import torchvision
     from torchvision import transforms as T
     if not settings.download:
@@ -347,7 +347,7 @@ def _fashion_mnist(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     )
 
 
-def _fake(settings: DatasetSettings, info: DatasetInfo) -> Splits:
+def fake_splits(settings: DatasetSettings, info: DatasetInfo) -> Splits:
     import torchvision
     from torchvision import transforms as T
     image_size = info.input_shape
@@ -379,13 +379,3 @@ def _split_train_pool(
         test_images,
         info,
     )
-
-
-_LOADERS: dict[str, Callable[[DatasetSettings, DatasetInfo], Splits]] = {
-    "digits": _digits,
-    "cifar10": _cifar,
-    "cifar100": _cifar,
-    "imagenet": _imagenet,
-    "fashion_mnist": _fashion_mnist,
-    "fake": _fake,
-}
