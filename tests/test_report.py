@@ -160,3 +160,20 @@ def test_learning_measures_read_collapse_repair_and_the_greedy_gap_from_the_iter
     assert measures["repaired_last_quarter"] == pytest.approx(0.125)
     assert measures["multiplier"] == 2.75
     assert (measures["sampled_first"], measures["sampled_last"]) == (0.5, 0.93)
+
+
+def test_the_accuracy_figure_plots_against_the_resource_the_budgets_bound():
+    from graphprune.stages.report import accuracy_vs_flops_figure, budget_axis
+
+    def summary(targets):
+        return pd.DataFrame([{"experiment": "e", "method": "m", "target": t, "flops_ratio": 0.4, "params_ratio": r,
+                              "test_top1_finetuned": 0.9, "test_top1_finetuned_std": 0.0, "test_top1_pruned": 0.8}
+                             for t, r in zip(targets, (0.5, 0.3), strict=False)])
+
+    assert budget_axis(summary(["params0.5", "params0.3"])) == ("params_ratio", "params")
+    assert budget_axis(summary(["flops0.5", "params0.3"])) == ("flops_ratio", "FLOPs")  # mixed: FLOPs
+    assert budget_axis(summary(["latency0.5"])) == ("flops_ratio", "FLOPs")  # no predicted-latency column
+    figure_ = accuracy_vs_flops_figure(summary(["params0.5", "params0.3"]), {"e": {"test_top1": 0.95}}, {"m": "C0"})
+    ax = figure_.axes[0]
+    assert ax.get_xlabel() == "params kept (pruned / baseline)"
+    assert sorted(ax.lines[0].get_xdata()) == [0.3, 0.5]

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from graphprune.atomic import atomic_write, atomic_write_text
 from graphprune.errors import GraphpruneError
+from graphprune.network.budget import METRICS, parse_target
 from graphprune.paths import REPORT_FIGURES, figure, significance_csv, summary_csv, summary_md
 
 if TYPE_CHECKING:
@@ -334,21 +335,22 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 
 def accuracy_vs_flops_figure(summary: pd.DataFrame, baseline_metrics: dict[str, dict[str, Any]],
                              palette: dict[str, Any]) -> Figure:
-    """Fine-tuned test top-1 (filled markers; hollow: before fine-tuning) against the FLOPs kept, one panel per
-    experiment, one line per method through its targets (error bars: std over seeds, where several); the
-    dashed line and star mark the unpruned baseline."""
+    """Fine-tuned test top-1 (filled markers; hollow: before fine-tuning) against the share kept of the resource
+    the experiment's budgets bound (`budget_axis`), one panel per experiment, one line per method through its
+    targets (error bars: std over seeds, where several); the dashed line and star mark the unpruned baseline."""
     experiments = list(dict.fromkeys(summary["experiment"]))
     figure_ = Figure(figsize=(8.5 * len(experiments), 4.8), layout="constrained")
     axes = figure_.subplots(1, len(experiments), squeeze=False)[0]
     for ax, experiment in zip(axes, experiments, strict=True):
         rows = summary[summary["experiment"] == experiment]
+        column, label = budget_axis(rows)
         for position, (method, line) in enumerate(rows.groupby("method", sort=False)):
-            line = line.sort_values("flops_ratio")
+            line = line.sort_values(column)
             # Matplotlib gets plain arrays: errorbar on pandas objects trips a pandas deprecation.
-            ax.errorbar(line["flops_ratio"].to_numpy(), 100 * line["test_top1_finetuned"].to_numpy(),
+            ax.errorbar(line[column].to_numpy(), 100 * line["test_top1_finetuned"].to_numpy(),
                         yerr=100 * line["test_top1_finetuned_std"].fillna(0).to_numpy(), color=palette[method],
                         marker=MARKERS[position % len(MARKERS)], markersize=8, capsize=3, label=method)
-            ax.plot(line["flops_ratio"].to_numpy(), 100 * line["test_top1_pruned"].to_numpy(), linestyle="none",
+            ax.plot(line[column].to_numpy(), 100 * line["test_top1_pruned"].to_numpy(), linestyle="none",
                     marker=MARKERS[position % len(MARKERS)], markersize=8, markerfacecolor="none",
                     color=palette[method], alpha=0.7)
         baseline_top1 = 100 * baseline_metrics[experiment]["test_top1"]
@@ -356,10 +358,22 @@ def accuracy_vs_flops_figure(summary: pd.DataFrame, baseline_metrics: dict[str, 
         ax.plot([1.0], [baseline_top1], marker="*", markersize=14, color="0.2", linestyle="none", label="baseline")
         ax.plot([], [], marker="o", markerfacecolor="none", color="0.4", linestyle="none",
                 label="hollow: before fine-tuning")
-        ax.set(title=experiment, xlabel="FLOPs kept (pruned / baseline)", ylabel="test top-1 %")
+        ax.set(title=experiment, xlabel=f"{label} kept (pruned / baseline)", ylabel="test top-1 %")
         ax.set_xlim(0, 1.05)
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     return figure_
+
+
+def budget_axis(rows: pd.DataFrame) -> tuple[str, str]:
+    """(column, label) of the x-axis for `rows` (one experiment's summary): the metric all its targets bound
+    (budget.METRICS: its `column` and `label`) where the rows carry that column, else FLOPs (a measured
+    metric's records hold measured ratios under other names)."""
+    metrics = {parse_target(target).metric for target in rows["target"]}
+    if len(metrics) == 1:
+        metric = METRICS[metrics.pop()]
+        if metric.column in rows and rows[metric.column].notna().all():
+            return metric.column, metric.label
+    return METRICS["flops"].column, METRICS["flops"].label
 
 
 def search_curves_figure(logs: pd.DataFrame, palette: dict[str, Any]) -> Figure:
