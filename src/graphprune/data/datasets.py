@@ -6,7 +6,7 @@ so the config code can check dataset names and size models without importing tor
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,8 +80,7 @@ def dataset_entry(name: str) -> DatasetEntry:
 
 def dataset_loader(name: str) -> Callable:
     """The function that loads dataset `name` (its entry's `loader`), imported now."""
-    module, _, function = dataset_entry(name).loader.partition(":")
-    return getattr(importlib.import_module(module), function)
+    return pkgutil.resolve_name(dataset_entry(name).loader)
 
 
 def dataset_info(settings: DatasetSettings) -> DatasetInfo:

@@ -10,8 +10,8 @@ graphs.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
+import pkgutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -174,13 +174,14 @@ def latency_price(cost: CostModel, counts: np.ndarray) -> float:
     return cost._latency_model().seconds(counts)
 
 
-@functools.cache
 def _price(metric: str) -> Callable[[CostModel, np.ndarray], float]:
-    """The price function `budget.METRICS[metric].price` names, imported once."""
+    """The price function `budget.METRICS[metric].price` names."""
     if metric not in METRICS:
         raise GraphpruneError(f"unknown cost metric {metric!r}; use one of {', '.join(METRICS)}")
-    module, _, function = METRICS[metric].price.partition(":")
-    return getattr(importlib.import_module(module), function)
+    return _resolved(METRICS[metric].price)
+
+
+_resolved = functools.cache(pkgutil.resolve_name)  # "module:function" -> the function, imported once (hot path)
 
 
 def _flops_form(model: nn.Module, calls: list[LayerCall], sizes: np.ndarray) -> _QuadraticForm:

@@ -253,8 +253,8 @@ class GraphEncoder(nn.Module):
         """
         precomputed = _precomputed(obs, "step_views", nodes)
         if precomputed is not None:  # the actor's minibatch in a PPO update (precompute_views)
-            return self.combine(torch.cat([self.static_embedding().index_select(0, nodes.reshape(-1))
-                                           .reshape(*nodes.shape, -1), precomputed], dim=-1)), self.budget(obs)
+            chosen = _rows(self.static_embedding(), nodes)
+            return self.combine(torch.cat([chosen, precomputed], dim=-1)), self.budget(obs)
         dynamic, budget = self.state_views(obs)
         batch = dynamic.shape[0]
         if self.state_aware:
@@ -266,14 +266,13 @@ class GraphEncoder(nn.Module):
             joined = torch.cat([nodes_first, dynamic], dim=-1)
         else:
             picked = torch.gather(dynamic, 1, nodes[..., None].expand(-1, -1, dynamic.shape[-1]))  # [B, W, D']
-            # index_select, not static[nodes]: the latter's backward (index_put_ with accumulate) adds in a
-            # thread-timing-dependent order on CPU with more than one thread, so searches were not reproducible.
             if self.state_aware:  # row of (node, state) in [N * B, H]
                 rows = nodes * batch + torch.arange(batch, device=nodes.device)[:, None]
                 chosen = per_state.reshape(-1, per_state.shape[-1]).index_select(0, rows.reshape(-1))
+                chosen = chosen.reshape(*nodes.shape, -1)
             else:
-                chosen = static.index_select(0, nodes.reshape(-1))
-            joined = torch.cat([chosen.reshape(*nodes.shape, -1), picked], dim=-1)  # [B, W, H + D']
+                chosen = _rows(static, nodes)
+            joined = torch.cat([chosen, picked], dim=-1)  # [B, W, H + D']
         return self.combine(joined), budget
 
     @torch.no_grad()
@@ -334,6 +333,13 @@ class GraphEncoder(nn.Module):
 
 # States diffused at once by precompute_views: the size of a default PPO minibatch, so its memory is one's.
 _PRECOMPUTE_CHUNK = 128
+
+
+def _rows(static: Tensor, nodes: Tensor) -> Tensor:
+    """[B, W, H]: the rows of `static` [N, H] at `nodes` [B, W]. index_select, not static[nodes]: the latter's
+    backward (index_put_ with accumulate) adds in a thread-timing-dependent order on CPU with more than one
+    thread, so searches were not reproducible."""
+    return static.index_select(0, nodes.reshape(-1)).reshape(*nodes.shape, -1)
 
 
 def _precomputed(obs, name: str, nodes: Tensor | None = None) -> Tensor | None:
